@@ -1,0 +1,495 @@
+#!/usr/bin/env bash
+# Load benchmark: stoa-gateway vs a bare Pingora proxy vs nginx, all proxying
+# to the same nginx upstream that returns a fixed "ok\n" body.
+#
+#   benches/load.sh                      # from the workspace root (or anywhere)
+#   DURATION=3s benches/load.sh          # quicker run
+#
+# Layout (2-core machine): every proxy under test runs alone, one at a time,
+# pinned to core 0 with one worker thread; the upstream nginx and wrk share
+# core 1. Targets, in order:
+#   direct   wrk -> upstream                    (upper bound of the rig)
+#   nginx    wrk -> nginx (1 worker, keepalive upstream pool) -> upstream
+#   bare     wrk -> target/release/examples/bare_pingora -> upstream
+#   stoa     wrk -> target/release/stoa-gateway -> upstream
+# Also measured for nginx (worker), bare and stoa: start -> first proxied 200 (ms), and RSS
+# idle / peak / after while RSS_REQUESTS requests go over RSS_CONNECTIONS
+# connections.
+#
+# Needs: nginx (/usr/sbin/nginx), wrk, curl, taskset. Binaries are built with
+#   cargo build --release --bin stoa-gateway --example bare_pingora
+# (or BUILD=1 to have this script do it). A missing or non-working binary is
+# skipped with a message; the rest still runs.
+#
+# Environment (defaults in brackets):
+#   DURATION [10s]  CONNECTIONS [50]  WRK_THREADS [1]  WARMUP [2s]
+#   RSS_CONNECTIONS [1000]  RSS_REQUESTS [100000]  RSS_MAX_DURATION [120s]
+#   STOA_CONFIG [file]   file: benches/stoa-bench.yaml (ports rewritten)
+#                        cli:  --mode=proxy --port --upstream --admin-address
+#   STOA_BIN [target/release/stoa-gateway]
+#   BARE_BIN [target/release/examples/bare_pingora]
+#   NGINX [/usr/sbin/nginx]  TARGETS ["direct nginx bare stoa"]
+#   STARTUP_TIMEOUT [10] seconds   BUILD [0]   KEEP_TMP [0]
+#   PROXY_CPU [0]  LOAD_CPU [1]     RESULTS [benches/results/latest.md]
+set -u -o pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+DURATION="${DURATION:-10s}"
+CONNECTIONS="${CONNECTIONS:-50}"
+WRK_THREADS="${WRK_THREADS:-1}"
+WARMUP="${WARMUP:-2s}"
+RSS_CONNECTIONS="${RSS_CONNECTIONS:-1000}"
+RSS_REQUESTS="${RSS_REQUESTS:-100000}"
+RSS_MAX_DURATION="${RSS_MAX_DURATION:-120s}"
+STOA_CONFIG="${STOA_CONFIG:-file}"
+STOA_BIN="${STOA_BIN:-$ROOT/target/release/stoa-gateway}"
+BARE_BIN="${BARE_BIN:-$ROOT/target/release/examples/bare_pingora}"
+NGINX="${NGINX:-/usr/sbin/nginx}"
+TARGETS="${TARGETS:-direct nginx bare stoa}"
+STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-10}"
+BUILD="${BUILD:-0}"
+KEEP_TMP="${KEEP_TMP:-0}"
+PROXY_CPU="${PROXY_CPU:-0}"
+LOAD_CPU="${LOAD_CPU:-1}"
+RESULTS="${RESULTS:-$ROOT/benches/results/latest.md}"
+
+log() { printf '[load] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+for tool in "$NGINX" wrk curl taskset; do
+  command -v "$tool" >/dev/null 2>&1 || die "missing tool: $tool"
+done
+
+# 1000 client connections + 1000 upstream connections per proxy.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((RSS_CONNECTIONS * 2 + 256)) ]; then
+  log "warning: ulimit -n is $(ulimit -n); RSS phase with $RSS_CONNECTIONS connections may hit EMFILE"
+fi
+
+if [ "$BUILD" = 1 ]; then
+  log "building (release, fat LTO: slow)"
+  cargo build --release --bin stoa-gateway --example bare_pingora || die "cargo build failed"
+fi
+
+TMP="$(mktemp -d /tmp/stoa-load.XXXXXX)"
+PIDS=()
+
+# ---------------------------------------------------------------- processes --
+children_of() { cat /proc/"$1"/task/*/children 2>/dev/null | tr -s " " "\n" | grep .; }
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# stop_pid PID [SIGNAL]: signal, wait up to 5 s, then SIGKILL (and its children).
+stop_pid() {
+  local pid="$1" sig="${2:-TERM}" i kids
+  alive "$pid" || { wait "$pid" 2>/dev/null; return 0; }
+  kids="$(children_of "$pid")"
+  kill -"$sig" "$pid" 2>/dev/null
+  for ((i = 0; i < 50; i++)); do
+    alive "$pid" || break
+    sleep 0.1
+  done
+  if alive "$pid"; then
+    log "pid $pid ignored SIG$sig for 5s; killing"
+    kill -KILL "$pid" 2>/dev/null
+  fi
+  wait "$pid" 2>/dev/null
+  for k in $kids; do alive "$k" && kill -KILL "$k" 2>/dev/null; done
+  return 0
+}
+
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do stop_pid "$p" TERM; done
+  if [ "$KEEP_TMP" = 1 ]; then log "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+forget_pid() {
+  local p keep=()
+  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+# Ports: random unused loopback ports (bounded tries).
+USED_PORTS=" "
+free_port() {
+  local i p
+  for ((i = 0; i < 200; i++)); do
+    p=$((20000 + RANDOM % 30000))
+    case "$USED_PORTS" in *" $p "*) continue ;; esac
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      USED_PORTS="$USED_PORTS$p "
+      echo "$p"
+      return 0
+    fi
+  done
+  die "no free port found"
+}
+
+now_ns() { date +%s%N; }
+
+# wait_ok URL PID: poll until a 200 with body "ok"; prints ms since T0_NS.
+# Returns 1 if the process died or STARTUP_TIMEOUT passed.
+wait_ok() {
+  local url="$1" pid="$2" deadline code i
+  deadline=$(( $(now_ns) + STARTUP_TIMEOUT * 1000000000 ))
+  for ((i = 0; i < 20000; i++)); do
+    code="$(curl -s -o "$TMP/probe.body" -w '%{http_code}' --max-time 1 "$url" 2>/dev/null)"
+    if [ "$code" = 200 ] && [ "$(cat "$TMP/probe.body")" = ok ]; then
+      echo $(( ($(now_ns) - T0_NS) / 1000000 ))
+      return 0
+    fi
+    alive "$pid" || return 1
+    [ "$(now_ns)" -lt "$deadline" ] || return 1
+    sleep 0.002
+  done
+  return 1
+}
+
+vmrss_kb() { awk '/^VmRSS:/ {print $2}' /proc/"$1"/status 2>/dev/null || echo 0; }
+vmhwm_kb() { awk '/^VmHWM:/ {print $2}' /proc/"$1"/status 2>/dev/null || echo 0; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+# -------------------------------------------------------------------- nginx --
+nginx_conf() { # nginx_conf DIR SERVER_BLOCK [HTTP_EXTRA]
+  local dir="$1"
+  mkdir -p "$dir/logs"
+  cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 8192; multi_accept on; }
+http {
+  access_log off;
+  keepalive_timeout 75s;
+  keepalive_requests 1000000;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  ${3:-}
+  server {
+$2
+  }
+}
+EOF
+}
+
+start_nginx() { # start_nginx DIR CPU -> sets LAST_PID
+  local dir="$1" cpu="$2"
+  "$NGINX" -t -q -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" \
+    || die "nginx config test failed for $dir (see $dir/logs/error.log)"
+  taskset -c "$cpu" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" \
+    >"$dir/logs/stdout.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+# ---------------------------------------------------------------------- wrk --
+cat >"$TMP/limit.lua" <<'EOF'
+-- stop this wrk thread after WRK_LIMIT responses
+local limit = tonumber(os.getenv("WRK_LIMIT") or "100000")
+local n = 0
+function response(status, headers, body)
+  n = n + 1
+  if n >= limit then wrk.thread:stop() end
+end
+EOF
+
+to_us() { # "123.4us" | "1.2ms" | "2.00s" -> microseconds
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.1f", v }
+    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.1f", v * 1000 }
+    else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.1f", v * 60e6 }
+    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.1f", v * 1e6 }
+    else printf "nan" }'
+}
+fmt_us() { awk -v u="$1" 'BEGIN { if (u == "nan" || u == "") print "-"; else if (u < 1000) printf "%.0fus", u; else printf "%.2fms", u / 1000 }'; }
+
+declare -A RPS P50 P99 REQS ERRS STARTUP RSS_IDLE RSS_PEAK RSS_AFTER RSS_HWM RSS_REQS NOTE
+
+run_wrk() { # run_wrk OUTFILE CONNS DURATION URL [extra wrk args]
+  local out="$1" c="$2" d="$3" url="$4"
+  shift 4
+  taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$c" -d"$d" --latency "$@" "$url" >"$out" 2>&1
+}
+
+measure() { # measure NAME URL
+  local name="$1" url="$2" out="$TMP/wrk-$1.txt" sock non2xx
+  log "$name: warmup $WARMUP"
+  run_wrk "$TMP/wrk-$name-warmup.txt" "$CONNECTIONS" "$WARMUP" "$url"
+  log "$name: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency $url"
+  run_wrk "$out" "$CONNECTIONS" "$DURATION" "$url"
+  RPS[$name]="$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")"
+  P50[$name]="$(to_us "$(awk '$1 == "50%" {print $2}' "$out")")"
+  P99[$name]="$(to_us "$(awk '$1 == "99%" {print $2}' "$out")")"
+  REQS[$name]="$(awk '/requests in/ {print $1}' "$out")"
+  sock="$(awk -F'[ ,]+' '/Socket errors:/ {print $4 + $6 + $8 + $10}' "$out")"
+  non2xx="$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$out")"
+  ERRS[$name]=$(( ${sock:-0} + ${non2xx:-0} ))
+  if [ -z "${RPS[$name]}" ]; then
+    log "$name: wrk produced no result:"; cat "$out" >&2
+    RPS[$name]=0
+  fi
+  log "$name: ${RPS[$name]} req/s, p50 $(fmt_us "${P50[$name]}"), p99 $(fmt_us "${P99[$name]}"), errors ${ERRS[$name]}"
+}
+
+rss_phase() { # rss_phase NAME PID URL
+  local name="$1" pid="$2" url="$3" out="$TMP/wrk-$1-rss.txt" wpid peak=0 r i
+  RSS_IDLE[$name]="$(vmrss_kb "$pid")"
+  log "$name: RSS phase: $RSS_REQUESTS requests over $RSS_CONNECTIONS connections"
+  WRK_LIMIT="$RSS_REQUESTS" taskset -c "$LOAD_CPU" wrk -t1 -c"$RSS_CONNECTIONS" -d"$RSS_MAX_DURATION" \
+    --timeout 10s -s "$TMP/limit.lua" "$url" >"$out" 2>&1 &
+  wpid=$!
+  PIDS+=("$wpid")
+  for ((i = 0; i < 20000; i++)); do
+    alive "$wpid" || break
+    r="$(vmrss_kb "$pid")"
+    [ "${r:-0}" -gt "$peak" ] && peak="$r"
+    sleep 0.05
+  done
+  stop_pid "$wpid" INT
+  forget_pid "$wpid"
+  sleep 0.5
+  RSS_PEAK[$name]="$peak"
+  RSS_AFTER[$name]="$(vmrss_kb "$pid")"
+  RSS_HWM[$name]="$(vmhwm_kb "$pid")"
+  RSS_REQS[$name]="$(awk '/requests in/ {print $1}' "$out")"
+  if grep -q 'Socket errors' "$out"; then NOTE[$name]="${NOTE[$name]:-}RSS run: $(grep 'Socket errors' "$out" | sed 's/^ *//'). "; fi
+  log "$name: RSS idle $(mib "${RSS_IDLE[$name]}") MiB, peak $(mib "$peak") MiB, after $(mib "${RSS_AFTER[$name]}") MiB (${RSS_REQS[$name]:-?} requests)"
+}
+
+# ------------------------------------------------------------------ upstream --
+UP_PORT="$(free_port)"
+nginx_conf "$TMP/upstream" "    listen 127.0.0.1:$UP_PORT backlog=4096 reuseport;
+    location / { default_type text/plain; return 200 \"ok\n\"; }"
+start_nginx "$TMP/upstream" "$LOAD_CPU"
+UP_PID="$LAST_PID"
+T0_NS="$(now_ns)"
+wait_ok "http://127.0.0.1:$UP_PORT/" "$UP_PID" >/dev/null \
+  || die "upstream nginx did not come up: $(cat "$TMP/upstream/logs/"*.log)"
+log "upstream nginx on 127.0.0.1:$UP_PORT (cpu $LOAD_CPU)"
+
+LOAD1="$(cut -d' ' -f1 /proc/loadavg)"
+if awk -v l="$LOAD1" 'BEGIN { exit !(l > 0.7) }'; then
+  log "warning: 1-min load average is $LOAD1 before the run: results will be noisy"
+  NOTE[_global]="1-min load average before the run was $LOAD1 (other work on the machine); figures are noisy. "
+fi
+
+# run_proxy NAME: start, time to first 200, measure, optional RSS phase, stop.
+target_direct() {
+  measure direct "http://127.0.0.1:$UP_PORT/"
+}
+
+target_nginx() {
+  local port pid
+  port="$(free_port)"
+  nginx_conf "$TMP/nginx" "    listen 127.0.0.1:$port backlog=4096 reuseport;
+    location / {
+      proxy_pass http://bench_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }" "upstream bench_upstream { server 127.0.0.1:$UP_PORT; keepalive 1024; keepalive_requests 1000000; }"
+  T0_NS="$(now_ns)"
+  start_nginx "$TMP/nginx" "$PROXY_CPU"
+  pid="$LAST_PID"
+  if STARTUP[nginx]="$(wait_ok "http://127.0.0.1:$port/" "$pid")"; then
+    measure nginx "http://127.0.0.1:$port/"
+    # memory of the single worker process (the master only supervises)
+    local worker
+    worker="$(children_of "$pid" | head -1)"
+    [ -n "$worker" ] && rss_phase nginx "$worker" "http://127.0.0.1:$port/"
+  else
+    log "nginx proxy did not come up; skipping"; cat "$TMP/nginx/logs/"*.log >&2
+    NOTE[nginx]="did not start. "
+  fi
+  stop_pid "$pid" TERM
+  forget_pid "$pid"
+}
+
+target_pingora() { # target_pingora NAME PORT LOGFILE CMD...
+  local name="$1" port="$2" logf="$3" pid
+  shift 3
+  T0_NS="$(now_ns)"
+  taskset -c "$PROXY_CPU" "$@" >"$logf" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  if STARTUP[$name]="$(wait_ok "http://127.0.0.1:$port/" "$pid")"; then
+    log "$name: first proxied 200 after ${STARTUP[$name]} ms (pid $pid, threads $(awk '/^Threads:/ {print $2}' /proc/"$pid"/status))"
+    measure "$name" "http://127.0.0.1:$port/"
+    rss_phase "$name" "$pid" "http://127.0.0.1:$port/"
+    if ! alive "$pid"; then
+      NOTE[$name]="${NOTE[$name]:-}process died during the run. "
+      log "$name: process died; log tail:"; tail -20 "$logf" >&2
+    fi
+  else
+    STARTUP[$name]=""
+    log "$name: no proxied 200 within ${STARTUP_TIMEOUT}s; skipping. Command: $*"
+    log "$name: log tail ($logf):"; tail -20 "$logf" >&2
+    NOTE[$name]="did not serve a proxied 200 within ${STARTUP_TIMEOUT}s; skipped. "
+  fi
+  # SIGINT = Pingora fast shutdown (SIGTERM waits for the grace period).
+  stop_pid "$pid" INT
+  forget_pid "$pid"
+}
+
+target_bare() {
+  if [ ! -x "$BARE_BIN" ]; then
+    log "bare: $BARE_BIN not found; build it with: cargo build --release --example bare_pingora. Skipping."
+    NOTE[bare]="binary not built; skipped. "
+    return
+  fi
+  local port
+  port="$(free_port)"
+  BARE_UPSTREAM="127.0.0.1:$UP_PORT" BARE_LISTEN="127.0.0.1:$port" \
+    target_pingora bare "$port" "$TMP/bare.log" "$BARE_BIN"
+}
+
+STOA_VERSION=""
+target_stoa() {
+  if [ ! -x "$STOA_BIN" ]; then
+    log "stoa: $STOA_BIN not found; build it with: cargo build --release --bin stoa-gateway. Skipping."
+    NOTE[stoa]="binary not built; skipped. "
+    return
+  fi
+  STOA_VERSION="$("$STOA_BIN" --version 2>/dev/null | head -1)"
+  local port admin
+  port="$(free_port)"
+  admin="$(free_port)"
+  if [ "$STOA_CONFIG" = cli ]; then
+    target_pingora stoa "$port" "$TMP/stoa.log" "$STOA_BIN" --mode=proxy --port="$port" \
+      --upstream="http://127.0.0.1:$UP_PORT" --admin-address "127.0.0.1:$admin"
+  else
+    sed -e "s/127\.0\.0\.1:18080/127.0.0.1:$port/" \
+        -e "s/127\.0\.0\.1:19901/127.0.0.1:$admin/" \
+        -e "s/127\.0\.0\.1:19000/127.0.0.1:$UP_PORT/" \
+        -e "s#/tmp/stoa-bench.pid#$TMP/stoa.pid#" \
+        -e "s#/tmp/stoa-bench-upgrade.sock#$TMP/stoa-upgrade.sock#" \
+        "$ROOT/benches/stoa-bench.yaml" >"$TMP/stoa.yaml"
+    target_pingora stoa "$port" "$TMP/stoa.log" "$STOA_BIN" -c "$TMP/stoa.yaml"
+  fi
+}
+
+for t in $TARGETS; do
+  case "$t" in
+    direct | nginx | bare | stoa) "target_$t" ;;
+    *) die "unknown target $t (want: direct nginx bare stoa)" ;;
+  esac
+done
+
+# ------------------------------------------------------------------- report --
+ratio() { # ratio A B -> A/B or "-"
+  awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || a == "nan" || b == "nan" || b + 0 == 0 || a + 0 == 0) print "-"; else printf "%.2f", a / b }'
+}
+pct() { awk -v r="$1" 'BEGIN { if (r == "-") print ""; else printf " (%+.0f%%)", (r - 1) * 100 }'; }
+
+ROWS=""
+for t in direct nginx bare stoa; do
+  [ -n "${RPS[$t]:-}" ] || continue
+  ROWS+="$t|${RPS[$t]}|$(fmt_us "${P50[$t]}")|$(fmt_us "${P99[$t]}")|${REQS[$t]:-}|${ERRS[$t]:-}|${STARTUP[$t]:-}"$'\n'
+done
+
+RATIOS=""
+add_ratio() { # add_ratio LABEL A B
+  local a="$2" b="$3" r1 r2 r3
+  [ -n "${RPS[$a]:-}" ] && [ -n "${RPS[$b]:-}" ] || return 0
+  r1="$(ratio "${RPS[$a]}" "${RPS[$b]}")"
+  r2="$(ratio "${P50[$a]}" "${P50[$b]}")"
+  r3="$(ratio "${P99[$a]}" "${P99[$b]}")"
+  RATIOS+="$1|$r1$(pct "$r1")|$r2|$r3"$'\n'
+}
+add_ratio "stoa / bare pingora" stoa bare
+add_ratio "stoa / nginx" stoa nginx
+add_ratio "bare pingora / nginx" bare nginx
+
+RSSROWS=""
+for t in nginx bare stoa; do
+  [ -n "${RSS_IDLE[$t]:-}" ] || continue
+  RSSROWS+="$t|$(mib "${RSS_IDLE[$t]}")|$(mib "${RSS_PEAK[$t]}")|$(mib "${RSS_AFTER[$t]}")|$(mib "${RSS_HWM[$t]}")|${RSS_REQS[$t]:-}"$'\n'
+done
+
+print_table() { # print_table HEADER ROWS
+  { echo "$1"; printf '%s' "$2"; } | column -t -s '|' 2>/dev/null || { echo "$1"; printf '%s' "$2"; }
+}
+
+HOST_CPU="$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+NGINX_VERSION="$("$NGINX" -v 2>&1 | sed 's/^nginx version: nginx\///')"
+WRK_VERSION="$(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
+GIT_REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+GIT_DIRTY=""
+if [ "$GIT_REV" != unknown ] && [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null | head -1)" ]; then GIT_DIRTY="+dirty"; fi
+DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+
+echo
+echo "== throughput / latency: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (proxy on cpu $PROXY_CPU; upstream + wrk on cpu $LOAD_CPU)"
+print_table "target|req/s|p50|p99|requests|errors|start->200 ms" "$ROWS"
+if [ -n "$RATIOS" ]; then
+  echo
+  echo "== ratios (req/s ratio > 1 = faster; latency ratio < 1 = faster)"
+  print_table "ratio|req/s|p50|p99" "$RATIOS"
+fi
+if [ -n "$RSSROWS" ]; then
+  echo
+  echo "== memory: $RSS_REQUESTS requests over $RSS_CONNECTIONS connections (MiB)"
+  print_table "target|RSS idle|RSS peak (sampled)|RSS after|VmHWM|requests" "$RSSROWS"
+fi
+for k in _global direct nginx bare stoa; do
+  [ -n "${NOTE[$k]:-}" ] && echo "note ($k): ${NOTE[$k]}"
+done
+
+md_table() { # md_table HEADER ROWS
+  echo "| $(echo "$1" | sed 's/|/ | /g') |"
+  echo "|$(echo "$1" | sed 's/[^|]*/---/g')|"
+  printf '%s' "$2" | while IFS= read -r line; do [ -n "$line" ] && echo "| $(echo "$line" | sed 's/|/ | /g') |"; done
+}
+
+mkdir -p "$(dirname "$RESULTS")"
+{
+  echo "# stoa-gateway load benchmark"
+  echo
+  echo "Generated by \`benches/load.sh\` on $DATE (git $GIT_REV$GIT_DIRTY)."
+  echo
+  echo "- Machine: $(nproc) CPUs, $HOST_CPU, kernel $(uname -r)"
+  echo "- Proxy under test pinned to CPU $PROXY_CPU, one worker thread; upstream (nginx, 1 worker, \`return 200 \"ok\\n\"\`) and wrk pinned to CPU $LOAD_CPU"
+  echo "- Load: \`wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency\` after a $WARMUP warmup, HTTP/1.1 keep-alive, plaintext"
+  echo "- Tools: nginx $NGINX_VERSION, $WRK_VERSION${STOA_VERSION:+, $STOA_VERSION} (stoa config: $STOA_CONFIG)"
+  echo
+  echo "## Throughput and latency"
+  echo
+  md_table "target|req/s|p50|p99|requests|errors|start → first proxied 200 (ms)" "$ROWS"
+  if [ -n "$RATIOS" ]; then
+    echo
+    echo "## Ratios"
+    echo
+    echo "req/s ratio above 1 means the first is faster; latency ratios below 1 mean the first is faster."
+    echo
+    md_table "ratio|req/s|p50|p99" "$RATIOS"
+  fi
+  if [ -n "$RSSROWS" ]; then
+    echo
+    echo "## Memory"
+    echo
+    echo "$RSS_REQUESTS requests over $RSS_CONNECTIONS keep-alive connections (\`wrk -t1 -c$RSS_CONNECTIONS\`, stopped after $RSS_REQUESTS responses). nginx: its one worker process. MiB; peak sampled every 50 ms during the run; \"after\" once the connections are closed; VmHWM = process high-water mark."
+    echo
+    md_table "target|RSS idle|RSS peak|RSS after|VmHWM|requests" "$RSSROWS"
+  fi
+  notes=""
+  for k in _global direct nginx bare stoa; do
+    [ -n "${NOTE[$k]:-}" ] && notes+="- $k: ${NOTE[$k]}"$'\n'
+  done
+  if [ -n "$notes" ]; then
+    echo
+    echo "## Notes"
+    echo
+    printf '%s' "$notes"
+  fi
+} >"$RESULTS"
+log "results written to $RESULTS"

@@ -1,0 +1,18 @@
+//! stoa-filters: the `Filter` trait, the per-request `RequestCtx`, the filter registry and the
+//! built-in filters. The gateway core (`src/`) depends on this crate, never the reverse.
+
+pub mod access_log;
+pub mod body_limit;
+pub mod context;
+pub mod cors;
+pub mod filter;
+pub mod headers;
+pub mod registry;
+pub mod request_id;
+pub mod router;
+pub mod template;
+pub mod units;
+
+pub use context::{RequestCtx, RouteTarget};
+pub use filter::{Filter, FilterAction, LocalResponse};
+pub use registry::{build_filter, BuildContext, FilterConfig};

@@ -1,0 +1,626 @@
+//! The config file model: YAML parsed strictly (unknown keys and bad values are errors that name
+//! the file, line and key path), then validated as a whole (chains referenced by listeners
+//! exist, routes point at defined clusters, addresses parse) before anything uses it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+use stoa_filters::units::HumanDuration;
+use stoa_filters::FilterConfig;
+
+/// The deployment mode: a named preset of chains, not a code branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    EdgeMcp,
+    Sidecar,
+    Proxy,
+    Shadow,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::EdgeMcp => "edge-mcp",
+            Mode::Sidecar => "sidecar",
+            Mode::Proxy => "proxy",
+            Mode::Shadow => "shadow",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub listeners: Vec<Spanned<ListenerConfig>>,
+    #[serde(default)]
+    pub chains: BTreeMap<String, Vec<Spanned<FilterConfig>>>,
+    #[serde(default)]
+    pub clusters: BTreeMap<String, Spanned<ClusterConfig>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// The mode this file implements (informational when listeners are given).
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// `error`, `warn`, `info`, `debug`, `trace` or a tracing filter directive.
+    #[serde(default)]
+    pub log_level: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Worker threads per listener service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+    /// How long the old process keeps serving after a graceful upgrade/shutdown signal.
+    #[serde(default = "default_grace")]
+    pub grace_period: HumanDuration,
+    #[serde(default = "default_shutdown_timeout")]
+    pub graceful_shutdown_timeout: HumanDuration,
+    /// Reload when the config file changes on disk.
+    #[serde(default = "yes")]
+    pub watch_config: bool,
+    /// Idle upstream connections kept per worker.
+    #[serde(default = "default_pool")]
+    pub upstream_keepalive_pool_size: usize,
+}
+
+fn default_threads() -> usize {
+    1
+}
+fn default_pid_file() -> String {
+    "/tmp/stoa-gateway.pid".into()
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/stoa-gateway-upgrade.sock".into()
+}
+fn default_grace() -> HumanDuration {
+    HumanDuration::from_secs(1)
+}
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+fn default_pool() -> usize {
+    128
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            threads: default_threads(),
+            pid_file: default_pid_file(),
+            upgrade_sock: default_upgrade_sock(),
+            grace_period: default_grace(),
+            graceful_shutdown_timeout: default_shutdown_timeout(),
+            watch_config: true,
+            upstream_keepalive_pool_size: default_pool(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(default = "default_admin")]
+    pub address: String,
+    /// Set to false to run without the admin listener.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+pub fn default_admin() -> String {
+    "127.0.0.1:9901".into()
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            address: default_admin(),
+            enabled: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: String,
+    /// Named chains, concatenated in this order.
+    pub chains: Vec<String>,
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Plaintext: also accept HTTP/2 with prior knowledge (h2c). TLS: offer h2 via ALPN.
+    #[serde(default)]
+    pub http2: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    pub selection: Selection,
+    #[serde(default)]
+    pub hash_on: Option<HashOn>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub passive_ejection: PassiveEjection,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Extra attempts on another endpoint after a connect failure (idempotent methods only).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    /// h2 via ALPN (TLS) or h2c with prior knowledge (plaintext).
+    #[serde(default)]
+    pub http2: bool,
+}
+
+fn default_retries() -> u32 {
+    1
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum EndpointConfig {
+    Address(String),
+    Weighted(WeightedEndpoint),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedEndpoint {
+    pub address: String,
+    #[serde(default = "default_weight")]
+    pub weight: usize,
+}
+
+fn default_weight() -> usize {
+    1
+}
+
+impl EndpointConfig {
+    pub fn address(&self) -> &str {
+        match self {
+            EndpointConfig::Address(a) => a,
+            EndpointConfig::Weighted(w) => &w.address,
+        }
+    }
+    pub fn weight(&self) -> usize {
+        match self {
+            EndpointConfig::Address(_) => 1,
+            EndpointConfig::Weighted(w) => w.weight,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Round robin; endpoint weights are honoured.
+    #[default]
+    RoundRobin,
+    /// Alias of round_robin, for readers who expect the word.
+    Weighted,
+    Random,
+    /// Ketama consistent hashing on `hash_on`.
+    ConsistentHash,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum HashOn {
+    Header(String),
+    Cookie(String),
+    Path(bool),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(rename = "type", default)]
+    pub kind: HealthCheckKind,
+    /// HTTP checks: the path to GET (expects a 2xx).
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    /// HTTP checks: the Host header to send.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_hc_interval")]
+    pub interval: HumanDuration,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "one")]
+    pub healthy_threshold: usize,
+    #[serde(default = "one")]
+    pub unhealthy_threshold: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+fn default_hc_path() -> String {
+    "/health".into()
+}
+fn default_hc_interval() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+fn default_hc_timeout() -> HumanDuration {
+    HumanDuration::from_secs(1)
+}
+fn one() -> usize {
+    1
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveEjection {
+    /// How long an endpoint that refused a connection is skipped (`0s` disables ejection).
+    #[serde(default = "default_ejection")]
+    pub duration: HumanDuration,
+}
+
+fn default_ejection() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+
+impl Default for PassiveEjection {
+    fn default() -> Self {
+        PassiveEjection {
+            duration: default_ejection(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "default_connect")]
+    pub connect: HumanDuration,
+    #[serde(default = "default_rw")]
+    pub read: HumanDuration,
+    #[serde(default = "default_rw")]
+    pub write: HumanDuration,
+    /// How long an idle upstream connection stays in the pool.
+    #[serde(default = "default_rw")]
+    pub idle: HumanDuration,
+}
+
+fn default_connect() -> HumanDuration {
+    HumanDuration::from_secs(2)
+}
+fn default_rw() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: default_connect(),
+            read: default_rw(),
+            write: default_rw(),
+            idle: default_rw(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Server name sent in SNI and verified (defaults to the endpoint's host).
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify the upstream certificate chain and host name.
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// PEM bundle of CAs to trust instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+/// A config error with its place: file, line and key path when known.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}:{line}: ", file.display())?,
+            (Some(file), None) => write!(f, "{}: ", file.display())?,
+            (None, Some(line)) => write!(f, "line {line}: ")?,
+            (None, None) => {}
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, line: Option<usize>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            line,
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Line of a spanned node (1-based), when the parser recorded one.
+pub fn line_of<T>(s: &Spanned<T>) -> Option<usize> {
+    let l = s.referenced.line();
+    (l > 0).then_some(l as usize)
+}
+
+impl GatewayConfig {
+    /// Parse YAML text; `file` is only used in error messages.
+    pub fn parse(text: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let cfg: GatewayConfig = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, message) = describe_yaml_error(&e);
+            ConfigError {
+                file: file.map(Path::to_path_buf),
+                line,
+                path: String::new(),
+                message,
+            }
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: Some(file.to_path_buf()),
+            line: None,
+            path: String::new(),
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Self::parse(&text, Some(file))
+    }
+
+    /// Whole-file checks that serde cannot express. Filter- and cluster-level checks happen when
+    /// the runtime is built (see `runtime::GatewayState::build`), which reports the same way.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(ConfigError::new(
+                "listeners",
+                None,
+                "at least one listener is required",
+            ));
+        }
+        if self.server.threads == 0 {
+            return Err(ConfigError::new(
+                "server.threads",
+                None,
+                "must be at least 1",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut addrs = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let line = line_of(l);
+            let at = |k: &str| format!("listeners[{i}].{k}");
+            if !names.insert(l.value.name.clone()) {
+                return Err(ConfigError::new(
+                    at("name"),
+                    line,
+                    format!("duplicate listener name `{}`", l.value.name),
+                ));
+            }
+            let addr: SocketAddr = l.value.address.parse().map_err(|_| {
+                ConfigError::new(
+                    at("address"),
+                    line,
+                    format!("`{}` is not an IP:port address", l.value.address),
+                )
+            })?;
+            if !addrs.insert(addr) {
+                return Err(ConfigError::new(
+                    at("address"),
+                    line,
+                    format!("address {addr} is used by another listener"),
+                ));
+            }
+            if l.value.chains.is_empty() {
+                return Err(ConfigError::new(
+                    at("chains"),
+                    line,
+                    "list at least one chain",
+                ));
+            }
+            for c in &l.value.chains {
+                if !self.chains.contains_key(c) {
+                    return Err(ConfigError::new(
+                        at("chains"),
+                        line,
+                        format!(
+                            "chain `{c}` is not defined under `chains:` (defined: {})",
+                            self.chains.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+            if let Some(tls) = &l.value.tls {
+                for (k, p) in [("cert", &tls.cert), ("key", &tls.key)] {
+                    if !Path::new(p).is_file() {
+                        return Err(ConfigError::new(
+                            at(&format!("tls.{k}")),
+                            line,
+                            format!("file `{p}` does not exist"),
+                        ));
+                    }
+                }
+            }
+        }
+        if self.admin.enabled {
+            self.admin.address.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(
+                    "admin.address",
+                    None,
+                    format!("`{}` is not an IP:port address", self.admin.address),
+                )
+            })?;
+        }
+        for (name, c) in &self.clusters {
+            let line = line_of(c);
+            let at = |k: &str| format!("clusters.{name}.{k}");
+            let c = &c.value;
+            if c.endpoints.is_empty() {
+                return Err(ConfigError::new(
+                    at("endpoints"),
+                    line,
+                    "list at least one endpoint",
+                ));
+            }
+            for (i, e) in c.endpoints.iter().enumerate() {
+                if e.weight() == 0 {
+                    return Err(ConfigError::new(
+                        at(&format!("endpoints[{i}].weight")),
+                        line,
+                        "weight must be at least 1",
+                    ));
+                }
+            }
+            if c.selection == Selection::ConsistentHash && c.hash_on.is_none() {
+                return Err(ConfigError::new(
+                    at("hash_on"),
+                    line,
+                    "consistent_hash needs `hash_on: {header: NAME}`, `{cookie: NAME}` or `{path: true}`",
+                ));
+            }
+            if let Some(hc) = &c.health_check {
+                if hc.interval.0.is_zero() {
+                    return Err(ConfigError::new(
+                        at("health_check.interval"),
+                        line,
+                        "must be > 0",
+                    ));
+                }
+                if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
+                    return Err(ConfigError::new(
+                        at("health_check"),
+                        line,
+                        "thresholds must be at least 1",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective config as JSON with secret-looking values replaced by `"***"`.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        redact(&mut v);
+        v
+    }
+}
+
+/// Replace the values of keys that hold secrets (tokens, passwords, keys) with `"***"`.
+pub fn redact(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                if is_secret_key(k) && !val.is_null() {
+                    *val = serde_json::Value::String("***".into());
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+fn is_secret_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    [
+        "secret",
+        "password",
+        "token",
+        "api_key",
+        "apikey",
+        "authorization",
+        "cookie",
+        "credential",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+/// serde-saphyr errors carry a location and a message; keep both, drop the snippet rendering.
+fn describe_yaml_error(e: &serde_saphyr::Error) -> (Option<usize>, String) {
+    let line = e.location().map(|l| l.line() as usize).filter(|l| *l > 0);
+    let full = e.to_string();
+    (line, full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let text =
+            "listeners:\n  - name: a\n    address: 127.0.0.1:1\n    chains: [c]\n    bogus: 1\n";
+        let e = GatewayConfig::parse(text, Some(Path::new("x.yaml"))).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("x.yaml:5:"), "{s}");
+        assert!(s.contains("bogus"), "{s}");
+    }
+
+    #[test]
+    fn redacts_secrets() {
+        let mut v = serde_json::json!({"a": {"client_secret": "s", "path": "/x"}, "token": "t"});
+        redact(&mut v);
+        assert_eq!(v["a"]["client_secret"], "***");
+        assert_eq!(v["a"]["path"], "/x");
+        assert_eq!(v["token"], "***");
+    }
+}

@@ -1,0 +1,208 @@
+//! `ControlPlane`: the background service that keeps the running state current — it reloads the
+//! config on SIGHUP and on file change (debounced), swapping the whole `GatewayState` only when
+//! the new file validated and built completely, and it runs each cluster's active health checks.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::cluster::Cluster;
+use crate::config::{ConfigError, GatewayConfig};
+use crate::metrics::METRICS;
+use crate::overrides::Overrides;
+use crate::runtime::{GatewayState, SharedState};
+
+pub struct ControlPlane {
+    pub state: SharedState,
+    pub config_path: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+impl ControlPlane {
+    /// Load, validate and build the file; swap it in only if everything succeeded.
+    pub fn reload(&self, trigger: &str) -> Result<u64, ConfigError> {
+        let Some(path) = &self.config_path else {
+            return Err(ConfigError::new(
+                "",
+                None,
+                "no config file to reload (started from a --mode preset)",
+            ));
+        };
+        let result = GatewayConfig::load(path).and_then(|mut cfg| {
+            self.overrides.apply(&mut cfg);
+            let current = self.state.load();
+            let old: Vec<_> = current.config.listeners.iter().map(|l| &l.value).collect();
+            let new: Vec<_> = cfg.listeners.iter().map(|l| &l.value).collect();
+            let same_sockets = old.len() == new.len()
+                && old.iter().zip(&new).all(|(a, b)| {
+                    a.name == b.name
+                        && a.address == b.address
+                        && a.tls == b.tls
+                        && a.http2 == b.http2
+                });
+            if !same_sockets {
+                return Err(ConfigError {
+                    file: Some(path.clone()),
+                    line: None,
+                    path: "listeners".into(),
+                    message: "listener names, addresses, TLS or HTTP/2 settings changed; \
+                              these need a restart (use a graceful upgrade)"
+                        .into(),
+                });
+            }
+            if current.config.admin.address != cfg.admin.address {
+                warn!("admin.address changed; the admin listener keeps its address until restart");
+            }
+            let version = current.version + 1;
+            GatewayState::build(cfg, version).map_err(|mut e| {
+                e.file.get_or_insert(path.clone());
+                e
+            })
+        });
+        match result {
+            Ok(state) => {
+                let version = state.version;
+                self.state.store(Arc::new(state));
+                METRICS.reloads.with_label_values(&["ok"]).inc();
+                info!(version, trigger, "config reloaded");
+                Ok(version)
+            }
+            Err(e) => {
+                METRICS.reloads.with_label_values(&["error"]).inc();
+                error!(trigger, error = %e, "config reload rejected; the previous config keeps serving");
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn_file_watcher(
+        &self,
+        tx: mpsc::UnboundedSender<()>,
+    ) -> Option<notify::RecommendedWatcher> {
+        use notify::{EventKind, RecursiveMode, Watcher};
+        let path = self.config_path.clone()?;
+        if !self.state.load().config.server.watch_config {
+            return None;
+        }
+        let file_name = path.file_name()?.to_os_string();
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                let relevant = matches!(
+                    ev.kind,
+                    EventKind::Modify(_) | EventKind::Create(_) | EventKind::Remove(_)
+                ) && ev
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == Some(file_name.as_os_str()));
+                if relevant {
+                    let _ = tx.send(());
+                }
+            }
+        })
+        .map_err(|e| warn!(error = %e, "cannot watch the config file; reload with SIGHUP"))
+        .ok()?;
+        // Watch the directory: editors and ConfigMap updates replace the file rather than write it.
+        if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP");
+            return None;
+        }
+        Some(watcher)
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ControlPlane {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (tx, mut file_events) = mpsc::unbounded_channel();
+        let _watcher = self.spawn_file_watcher(tx);
+        let mut sighup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        };
+        let health = tokio::spawn(health_loop(self.state.clone(), shutdown.clone()));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(()) = async { match sighup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+                    let _ = self.reload("SIGHUP");
+                }
+                Some(()) = file_events.recv() => {
+                    // Debounce: wait for the burst of events an editor produces, then reload once.
+                    loop {
+                        match tokio::time::timeout(DEBOUNCE, file_events.recv()).await {
+                            Ok(Some(())) => continue,
+                            _ => break,
+                        }
+                    }
+                    if self.config_path.as_ref().is_some_and(|p| p.exists()) {
+                        let _ = self.reload("file change");
+                    }
+                }
+            }
+        }
+        health.abort();
+    }
+}
+
+/// Runs every cluster's active health check at its own interval; clusters of a new config
+/// version are checked at once. Results feed selection and `/ready`.
+async fn health_loop(state: SharedState, mut shutdown: ShutdownWatch) {
+    let mut due: HashMap<usize, (Arc<Cluster>, Instant)> = HashMap::new();
+    loop {
+        let current = state.load_full();
+        let now = Instant::now();
+        let mut live = HashMap::new();
+        for c in current.clusters.values() {
+            if c.health_interval.is_none() {
+                continue;
+            }
+            let key = Arc::as_ptr(c) as usize;
+            let next = due.get(&key).map(|(_, t)| *t).unwrap_or(now);
+            live.insert(key, (c.clone(), next));
+        }
+        due = live;
+        let to_run: Vec<Arc<Cluster>> = due
+            .values()
+            .filter(|(_, t)| *t <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
+        if !to_run.is_empty() {
+            futures::future::join_all(to_run.iter().map(|c| c.run_health_check())).await;
+            let after = Instant::now();
+            for c in &to_run {
+                let key = Arc::as_ptr(c) as usize;
+                if let Some(entry) = due.get_mut(&key) {
+                    entry.1 = after + c.health_interval.unwrap_or(Duration::from_secs(5));
+                }
+            }
+        }
+        let wait = due
+            .values()
+            .map(|(_, t)| t.saturating_duration_since(Instant::now()))
+            .min()
+            .unwrap_or(Duration::from_millis(250))
+            .min(Duration::from_millis(250));
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

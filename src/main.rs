@@ -1,0 +1,239 @@
+//! stoa-gateway: the binary. Parses the command line and environment, loads the config file (or
+//! builds a mode preset), then wires one Pingora proxy service per listener, the admin listener
+//! and the control plane (reload + health checks) into a Pingora server.
+
+mod admin;
+mod cluster;
+mod config;
+mod control;
+mod logging;
+mod metrics;
+mod overrides;
+mod presets;
+mod proxy;
+mod runtime;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use clap::Parser;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use tracing::{info, warn};
+
+use crate::config::{GatewayConfig, Mode};
+use crate::overrides::Overrides;
+use crate::runtime::{GatewayState, SharedState};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "stoa-gateway",
+    version,
+    about = "A programmable reverse proxy and API gateway on Pingora"
+)]
+struct Cli {
+    /// Config file (YAML). Without it, the --mode preset runs.
+    #[arg(short = 'c', long = "config", env = "GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Deployment mode; selects the built-in preset when no config file is given.
+    #[arg(long, env = "GATEWAY_MODE", value_enum)]
+    mode: Option<Mode>,
+    /// Port of the (first) listener.
+    #[arg(long, env = "GATEWAY_PORT")]
+    port: Option<u16>,
+    /// Upstream URL for the preset (http://host:port or https://host:port).
+    #[arg(long, env = "GATEWAY_UPSTREAM")]
+    upstream: Option<String>,
+    /// Shadow mode's target backend (same as --upstream for the shadow preset).
+    #[arg(long, env = "SHADOW_TARGET_BACKEND")]
+    target: Option<String>,
+    /// Sidecar mode: the gateway in front of this one (kong, apigee, webmethods, custom).
+    #[arg(long, env = "SIDECAR_PRIMARY_GATEWAY")]
+    primary_gateway: Option<String>,
+    /// Admin listener address (default 127.0.0.1:9901).
+    #[arg(long, env = "GATEWAY_ADMIN_ADDRESS")]
+    admin_address: Option<String>,
+    /// Log level: error, warn, info, debug, trace (or a tracing filter).
+    #[arg(long, env = "GATEWAY_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Worker threads per listener (overrides server.threads).
+    #[arg(long, env = "GATEWAY_THREADS")]
+    threads: Option<usize>,
+    /// Validate the config, print each listener's effective chain, and exit 0 (valid) or 1.
+    #[arg(long)]
+    check: bool,
+    /// Run in the background (Pingora daemon mode).
+    #[arg(short, long)]
+    daemon: bool,
+    /// Take over the listening sockets of a running instance (Pingora graceful upgrade).
+    #[arg(short, long)]
+    upgrade: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        port: cli.port,
+        admin_address: cli.admin_address.clone(),
+        log_level: cli.log_level.clone(),
+        mode: cli.mode,
+    };
+
+    let mut cfg = match load_config(&cli) {
+        Ok(cfg) => cfg,
+        Err(e) => fail(&e),
+    };
+    overrides.apply(&mut cfg);
+    if let Some(t) = cli.threads {
+        cfg.server.threads = t;
+    }
+    if !cli.check {
+        logging::init(cfg.gateway.log_level.as_deref().unwrap_or("info"));
+    }
+    let state = match GatewayState::build(cfg, 1) {
+        Ok(s) => s,
+        Err(mut e) => {
+            if e.file.is_none() {
+                e.file = cli.config.clone();
+            }
+            fail(&e.to_string())
+        }
+    };
+    if cli.check {
+        println!(
+            "config OK{}",
+            cli.config
+                .as_ref()
+                .map(|p| format!(": {}", p.display()))
+                .unwrap_or_default()
+        );
+        print!("{}", state.describe());
+        std::process::exit(0);
+    }
+    if let Some(pg) = &cli.primary_gateway {
+        info!(primary_gateway = %pg, "sidecar: running behind the primary gateway");
+    }
+    if state.config.gateway.mode == Some(Mode::EdgeMcp) && cli.config.is_none() {
+        warn!("edge-mcp preset: MCP termination is not built yet; requests pass through to the upstream");
+    }
+    run(state, cli, overrides)
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("stoa-gateway: config error: {msg}");
+    std::process::exit(1)
+}
+
+fn load_config(cli: &Cli) -> Result<GatewayConfig, String> {
+    if let Some(path) = &cli.config {
+        return GatewayConfig::load(path).map_err(|e| e.to_string());
+    }
+    let mode = cli.mode.unwrap_or(Mode::Proxy);
+    let upstream = match mode {
+        Mode::Shadow => cli.target.as_deref().or(cli.upstream.as_deref()),
+        _ => cli.upstream.as_deref(),
+    };
+    let admin = cli
+        .admin_address
+        .clone()
+        .unwrap_or_else(config::default_admin);
+    presets::preset(&presets::PresetArgs {
+        mode,
+        port: cli.port.unwrap_or(presets::default_port(mode)),
+        upstream,
+        admin_address: &admin,
+    })
+    .map_err(|e| e.to_string())
+}
+
+fn secs_ceil(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
+    let cfg = state.config.clone();
+    let mut conf = ServerConf {
+        threads: cfg.server.threads,
+        pid_file: cfg.server.pid_file.clone(),
+        upgrade_sock: cfg.server.upgrade_sock.clone(),
+        daemon: cli.daemon,
+        grace_period_seconds: Some(secs_ceil(cfg.server.grace_period.0)),
+        graceful_shutdown_timeout_seconds: Some(secs_ceil(cfg.server.graceful_shutdown_timeout.0)),
+        upstream_keepalive_pool_size: cfg.server.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    };
+    conf.work_stealing = true;
+    let opt = Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let shared: SharedState = Arc::new(ArcSwap::from_pointee(state));
+    for (index, l) in cfg.listeners.iter().enumerate() {
+        let l = &l.value;
+        let gateway = proxy::Gateway {
+            listener: l.name.as_str().into(),
+            index,
+            state: shared.clone(),
+        };
+        let mut http = pingora_proxy::http_proxy(&server.configuration, gateway);
+        if l.http2 && l.tls.is_none() {
+            let mut opts = HttpServerOptions::default();
+            opts.h2c = true;
+            http.server_options = Some(opts);
+        }
+        let mut service = Service::new(format!("listener {}", l.name), http);
+        match &l.tls {
+            Some(tls) => {
+                let mut settings = TlsSettings::intermediate(&tls.cert, &tls.key)
+                    .unwrap_or_else(|e| fail(&format!("listeners.{}.tls: {e}", l.name)));
+                if l.http2 {
+                    settings.enable_h2();
+                }
+                service.add_tls_with_settings(&l.address, None, settings);
+            }
+            None => service.add_tcp(&l.address),
+        }
+        server.add_service(service);
+    }
+
+    if cfg.admin.enabled {
+        let mut admin = Service::new(
+            "admin".to_string(),
+            pingora_core::apps::http_app::HttpServer::new_app(admin::AdminApp {
+                state: shared.clone(),
+            }),
+        );
+        admin.add_tcp(&cfg.admin.address);
+        server.add_service(admin);
+    }
+
+    let control = control::ControlPlane {
+        state: shared.clone(),
+        config_path: cli.config.clone(),
+        overrides,
+    };
+    server.add_service(background_service("control plane", control));
+
+    info!(
+        listeners = cfg.listeners.len(),
+        admin = %cfg.admin.address,
+        mode = cfg.gateway.mode.map(|m| m.to_string()).unwrap_or_else(|| "custom".into()),
+        version = env!("CARGO_PKG_VERSION"),
+        "stoa-gateway starting"
+    );
+    server.run_forever()
+}

@@ -1,0 +1,97 @@
+//! The gateway's Prometheus metrics (one registry, served by the admin listener's `/metrics`):
+//! requests by listener/route/status, request durations, upstream endpoint health, filter
+//! rejections, config reloads, and access-log lines dropped under pressure.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
+    register_int_gauge_vec_with_registry, Encoder, HistogramVec, IntCounterVec, IntGaugeVec,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub upstream_healthy: IntGaugeVec,
+    pub rejections: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub upstream_failures: IntCounterVec,
+}
+
+pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
+    let registry = Registry::new();
+    let requests = register_int_counter_vec_with_registry!(
+        "stoa_requests_total",
+        "Requests handled, by listener, route and response status",
+        &["listener", "route", "status"],
+        registry
+    )
+    .expect("metric");
+    let duration = register_histogram_vec_with_registry!(
+        "stoa_request_duration_seconds",
+        "Time from request headers to the end of the response, by listener and route",
+        &["listener", "route"],
+        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        registry
+    )
+    .expect("metric");
+    let upstream_healthy = register_int_gauge_vec_with_registry!(
+        "stoa_upstream_healthy",
+        "1 when the endpoint passes health checks and is not ejected, else 0",
+        &["cluster", "endpoint"],
+        registry
+    )
+    .expect("metric");
+    let rejections = register_int_counter_vec_with_registry!(
+        "stoa_filter_rejections_total",
+        "Requests a filter answered itself instead of forwarding, by filter and reason",
+        &["filter", "reason"],
+        registry
+    )
+    .expect("metric");
+    let reloads = register_int_counter_vec_with_registry!(
+        "stoa_config_reloads_total",
+        "Config reload attempts by result (ok or error)",
+        &["result"],
+        registry
+    )
+    .expect("metric");
+    let upstream_failures = register_int_counter_vec_with_registry!(
+        "stoa_upstream_connect_failures_total",
+        "Failed upstream connection attempts, by cluster",
+        &["cluster"],
+        registry
+    )
+    .expect("metric");
+    // Make the reload counters visible before the first reload.
+    reloads.with_label_values(&["ok"]);
+    reloads.with_label_values(&["error"]);
+    Metrics {
+        registry,
+        requests,
+        duration,
+        upstream_healthy,
+        rejections,
+        reloads,
+        upstream_failures,
+    }
+});
+
+impl Metrics {
+    /// The registry in Prometheus text format, plus the access-log drop counter.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(8192);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let dropped =
+            stoa_filters::access_log::ACCESS_LOG_DROPPED.load(std::sync::atomic::Ordering::Relaxed);
+        buf.extend_from_slice(
+            format!(
+                "# HELP stoa_access_log_dropped_total Access-log lines dropped because the writer was behind\n\
+                 # TYPE stoa_access_log_dropped_total counter\nstoa_access_log_dropped_total {dropped}\n"
+            )
+            .as_bytes(),
+        );
+        buf
+    }
+}

@@ -1,0 +1,39 @@
+//! `Overrides`: values from the command line and environment (`GATEWAY_PORT`,
+//! `GATEWAY_ADMIN_ADDRESS`, `GATEWAY_LOG_LEVEL`, ...) that win over the config file, applied on
+//! the first load and again on every reload.
+
+use crate::config::GatewayConfig;
+
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// Port of the first listener.
+    pub port: Option<u16>,
+    pub admin_address: Option<String>,
+    pub log_level: Option<String>,
+    pub mode: Option<crate::config::Mode>,
+}
+
+impl Overrides {
+    pub fn apply(&self, cfg: &mut GatewayConfig) {
+        if let Some(port) = self.port {
+            if let Some(l) = cfg.listeners.first_mut() {
+                let host = l
+                    .value
+                    .address
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.to_string())
+                    .unwrap_or_else(|| "0.0.0.0".into());
+                l.value.address = format!("{host}:{port}");
+            }
+        }
+        if let Some(a) = &self.admin_address {
+            cfg.admin.address = a.clone();
+        }
+        if let Some(l) = &self.log_level {
+            cfg.gateway.log_level = Some(l.clone());
+        }
+        if let Some(m) = self.mode {
+            cfg.gateway.mode = Some(m);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Mode presets: what `--mode=<mode>` runs when no config file is given. Each preset is written
+//! as the YAML a user would write, then parsed and validated like any file, so `--check` and
+//! `/config` show exactly what runs.
+
+use crate::config::{ConfigError, GatewayConfig, Mode};
+
+pub struct PresetArgs<'a> {
+    pub mode: Mode,
+    pub port: u16,
+    pub upstream: Option<&'a str>,
+    pub admin_address: &'a str,
+}
+
+/// The default listening port of each mode (seed 004: edge-mcp on 3001).
+pub fn default_port(mode: Mode) -> u16 {
+    match mode {
+        Mode::EdgeMcp => 3001,
+        _ => 8080,
+    }
+}
+
+/// Split `http://host:port` / `https://host:port` / `host:port` into (address, tls).
+fn upstream_endpoint(url: &str) -> Result<(String, bool), String> {
+    let (rest, tls) = if let Some(r) = url.strip_prefix("https://") {
+        (r, true)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (r, false)
+    } else if url.contains("://") {
+        return Err(format!(
+            "upstream `{url}`: only http:// and https:// are supported"
+        ));
+    } else {
+        (url, false)
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if authority.is_empty() {
+        return Err(format!("upstream `{url}` has no host"));
+    }
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:{}", if tls { 443 } else { 80 })
+    };
+    Ok((with_port, tls))
+}
+
+pub fn preset_yaml(a: &PresetArgs) -> Result<String, String> {
+    let upstream = a.upstream.ok_or_else(|| {
+        let flag = match a.mode {
+            Mode::Shadow => "--target (or SHADOW_TARGET_BACKEND)",
+            _ => "--upstream (or GATEWAY_UPSTREAM)",
+        };
+        format!("--mode={} without a config file needs {flag}", a.mode)
+    })?;
+    let (endpoint, tls) = upstream_endpoint(upstream)?;
+    let tls_block = if tls {
+        "\n    tls: { verify: true }"
+    } else {
+        ""
+    };
+    // Every preset: request ids and an access log in front of a catch-all route.
+    let extra = match a.mode {
+        // Agents call from browsers and desktop apps: answer CORS preflights.
+        Mode::EdgeMcp => "    - type: cors\n      allow_origins: [\"*\"]\n      allow_headers: [authorization, content-type, mcp-session-id, mcp-protocol-version]\n      expose_headers: [mcp-session-id]\n",
+        _ => "",
+    };
+    Ok(format!(
+        "# preset for --mode={mode}\ngateway:\n  mode: {mode}\nadmin:\n  address: \"{admin}\"\nlisteners:\n  - name: {mode}\n    address: \"0.0.0.0:{port}\"\n    chains: [{mode}]\nchains:\n  {mode}:\n    - type: request_id\n    - type: access_log\n{extra}    - type: router\n      routes:\n        - name: upstream\n          match: {{ path_prefix: / }}\n          cluster: upstream\n          preserve_host: {preserve}\nclusters:\n  upstream:\n    endpoints: [\"{endpoint}\"]{tls_block}\n",
+        mode = a.mode,
+        admin = a.admin_address,
+        port = a.port,
+        // A sidecar and a shadow sit in front of an existing service: keep its virtual hosts working.
+        preserve = matches!(a.mode, Mode::Sidecar | Mode::Shadow),
+    ))
+}
+
+pub fn preset(a: &PresetArgs) -> Result<GatewayConfig, ConfigError> {
+    let yaml = preset_yaml(a).map_err(|e| ConfigError::new("", None, e))?;
+    GatewayConfig::parse(&yaml, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mode_builds() {
+        for mode in [Mode::EdgeMcp, Mode::Sidecar, Mode::Proxy, Mode::Shadow] {
+            let cfg = preset(&PresetArgs {
+                mode,
+                port: 8080,
+                upstream: Some("http://127.0.0.1:9000"),
+                admin_address: "127.0.0.1:9901",
+            })
+            .unwrap();
+            cfg.validate().unwrap();
+            assert_eq!(cfg.gateway.mode, Some(mode));
+        }
+    }
+
+    #[test]
+    fn upstream_parsing() {
+        assert_eq!(
+            upstream_endpoint("http://b:8080").unwrap(),
+            ("b:8080".into(), false)
+        );
+        assert_eq!(
+            upstream_endpoint("https://b").unwrap(),
+            ("b:443".into(), true)
+        );
+        assert!(upstream_endpoint("ftp://b").is_err());
+    }
+}

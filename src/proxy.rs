@@ -1,0 +1,372 @@
+//! `Gateway`: the Pingora `ProxyHttp` implementation every listener runs. Each phase walks the
+//! listener's filter chain (request phases in declared order, response phases in reverse), the
+//! router's choice picks a cluster and endpoint, and errors become 502/503/504 JSON answers.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use stoa_filters::request_id::generate_request_id;
+use stoa_filters::{FilterAction, LocalResponse, RequestCtx};
+use tracing::{debug, warn};
+
+use crate::cluster::Cluster;
+use crate::metrics::METRICS;
+use crate::runtime::{Chain, GatewayState, SharedState};
+
+pub struct Gateway {
+    pub listener: Arc<str>,
+    /// Position of this listener in `config.listeners` (listeners only change on restart).
+    pub index: usize,
+    pub state: SharedState,
+}
+
+/// Per-request context: the filters' `RequestCtx` plus the pinned config version.
+pub struct GatewayCtx {
+    pub req: RequestCtx,
+    state: Arc<GatewayState>,
+    chain: Arc<Chain>,
+    cluster: Option<Arc<Cluster>>,
+    /// How many filters ran their request phase (a local answer only goes back through those).
+    ran: usize,
+}
+
+impl Gateway {
+    async fn respond_local(
+        &self,
+        session: &mut Session,
+        ctx: &mut GatewayCtx,
+        local: LocalResponse,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(local.status, Some(local.headers.len() + 2))?;
+        for (k, v) in &local.headers {
+            resp.append_header(k.clone(), v.as_str())?;
+        }
+        resp.insert_header(http::header::CONTENT_LENGTH, local.body.len())?;
+        let chain = ctx.chain.clone();
+        for &i in &chain.response_headers {
+            if i < ctx.ran {
+                chain.filters[i].on_response_headers(session, &mut resp, &mut ctx.req)?;
+            }
+        }
+        let head_only = session.req_header().method == http::Method::HEAD;
+        let no_body = local.body.is_empty() || head_only;
+        session
+            .write_response_header(Box::new(resp), no_body)
+            .await?;
+        if !no_body {
+            session.write_response_body(Some(local.body), true).await?;
+        }
+        Ok(())
+    }
+}
+
+fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = GatewayCtx;
+
+    fn new_ctx(&self) -> GatewayCtx {
+        let state = self.state.load_full();
+        let chain = state.chains[self.index].clone();
+        GatewayCtx {
+            req: RequestCtx::new(self.listener.clone()),
+            state,
+            chain,
+            cluster: None,
+            ran: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut GatewayCtx) -> Result<bool> {
+        ctx.req.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let chain = ctx.chain.clone();
+        for &i in &chain.request {
+            match chain.filters[i].on_request(session, &mut ctx.req).await? {
+                FilterAction::Continue => {}
+                FilterAction::Respond(local) => {
+                    ctx.ran = i + 1;
+                    self.respond_local(session, ctx, local).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        ctx.ran = chain.filters.len();
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut GatewayCtx,
+    ) -> Result<()> {
+        let chain = ctx.chain.clone();
+        for &i in &chain.request_body {
+            chain.filters[i]
+                .on_request_body(session, body, end_of_stream, &mut ctx.req)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut GatewayCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(route) = &ctx.req.route else {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(404),
+                "no route: the chain has no router or the router did not match",
+            );
+        };
+        if ctx.cluster.is_none() {
+            ctx.cluster = ctx.state.clusters.get(&route.cluster).cloned();
+        }
+        let Some(cluster) = &ctx.cluster else {
+            return Error::e_explain(ErrorType::HTTPStatus(502), "route points at no cluster");
+        };
+        let Some(backend) = cluster.select(session, &ctx.req.failed_endpoints) else {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(503),
+                format!("cluster {} has no healthy endpoint", cluster.name),
+            );
+        };
+        ctx.req.attempts += 1;
+        let (peer, authority) = cluster.peer(&backend);
+        ctx.req.upstream_addr = backend.addr.as_inet().copied();
+        ctx.req.upstream_authority = authority;
+        Ok(peer)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut GatewayCtx,
+    ) -> Result<()> {
+        if let Some(route) = &ctx.req.route {
+            if let Some(path) = &route.upstream_path {
+                let uri = path
+                    .parse::<http::Uri>()
+                    .map_err(|e| Error::because(ErrorType::InternalError, "rewritten path", e))?;
+                upstream.set_uri(uri);
+            }
+            if !route.preserve_host {
+                if let Some(authority) = &ctx.req.upstream_authority {
+                    upstream.insert_header(http::header::HOST, &**authority)?;
+                }
+            }
+        }
+        if let Some(ip) = ctx.req.client_ip {
+            let xff = match upstream.headers.get("x-forwarded-for") {
+                Some(prev) => format!("{}, {ip}", String::from_utf8_lossy(prev.as_bytes())),
+                None => ip.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        let chain = ctx.chain.clone();
+        for &i in &chain.upstream_request {
+            chain.filters[i].on_upstream_request(session, upstream, &mut ctx.req)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut GatewayCtx,
+    ) -> Result<()> {
+        let chain = ctx.chain.clone();
+        for &i in &chain.response_headers {
+            chain.filters[i].on_response_headers(session, response, &mut ctx.req)?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut GatewayCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.chain.response_body.is_empty() {
+            return Ok(None);
+        }
+        let chain = ctx.chain.clone();
+        for &i in &chain.response_body {
+            chain.filters[i].on_response_body(body, end_of_stream, &mut ctx.req)?;
+        }
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut GatewayCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(cluster) = &ctx.cluster {
+            METRICS
+                .upstream_failures
+                .with_label_values(&[&*cluster.name])
+                .inc();
+            if let Some(addr) = peer._address.as_inet() {
+                cluster.eject(*addr);
+                ctx.req.failed_endpoints.push(*addr);
+            }
+            let idempotent = session.req_header().method.is_idempotent();
+            if idempotent && ctx.req.attempts <= cluster.retries {
+                e.set_retry(true);
+            }
+        }
+        ensure_request_id(&mut ctx.req);
+        warn!(
+            request_id = %ctx.req.request_id,
+            listener = %ctx.req.listener,
+            route = ctx.req.route_name(),
+            upstream = %peer._address,
+            attempt = ctx.req.attempts,
+            error = ?e.etype(),
+            "upstream connect failed"
+        );
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut GatewayCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ if is_timeout(e) && e.esource() == &ErrorSource::Upstream => 504,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let msg = match code {
+                404 => "no route matches this request",
+                413 => "request body too large",
+                502 => "upstream unavailable",
+                503 => "no healthy upstream endpoint",
+                504 => "upstream timed out",
+                400 => "bad request",
+                _ => "gateway error",
+            };
+            let local = LocalResponse::json_error(code, msg);
+            if let Err(err) = self.respond_local(session, ctx, local).await {
+                debug!(error = %err, "could not write the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut GatewayCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        if !ctx.chain.logging.is_empty() || e.is_some() {
+            ensure_request_id(&mut ctx.req);
+        }
+        let route = ctx.req.route_name();
+        let listener = &*ctx.req.listener;
+        METRICS
+            .requests
+            .with_label_values(&[listener, route, status_label(status)])
+            .inc();
+        METRICS
+            .duration
+            .with_label_values(&[listener, route])
+            .observe(ctx.req.started.elapsed().as_secs_f64());
+        if let Some(r) = &ctx.req.rejection {
+            METRICS
+                .rejections
+                .with_label_values(&[r.filter, r.reason])
+                .inc();
+        }
+        let chain = ctx.chain.clone();
+        if let Some(e) = e {
+            if status >= 500 || status == 0 {
+                warn!(
+                    request_id = %ctx.req.request_id,
+                    listener,
+                    route = ctx.req.route_name(),
+                    status,
+                    error = %e,
+                    "request failed"
+                );
+            }
+        }
+        for &i in &chain.logging {
+            chain.filters[i].on_logging(session, &ctx.req, status);
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &GatewayCtx, _error: &Error) -> bool {
+        // Failures are logged by `logging` with the request id and without request headers.
+        true
+    }
+}
+
+fn ensure_request_id(req: &mut RequestCtx) {
+    if req.request_id.is_empty() {
+        req.request_id = generate_request_id();
+    }
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        0 => "0",
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s if s < 200 => "1xx",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
