@@ -401,16 +401,29 @@ pub fn line_of<T>(s: &Spanned<T>) -> Option<usize> {
 impl GatewayConfig {
     /// Parse YAML text; `file` is only used in error messages.
     pub fn parse(text: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
-        let cfg: GatewayConfig = serde_saphyr::from_str(text).map_err(|e| {
-            let (line, message) = describe_yaml_error(&e);
+        // serde_path_to_error records the key path; serde-saphyr records the line.
+        let key_path = std::cell::RefCell::new(String::new());
+        let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize::<_, GatewayConfig>(de).map_err(|e| {
+                *key_path.borrow_mut() = e.path().to_string();
+                e.into_inner()
+            })
+        });
+        parsed.map_err(|e| {
+            let (line, mut message) = describe_yaml_error(&e);
+            if let Some(f) = file {
+                message = message.replace("<input>", &f.display().to_string());
+            }
+            // `Spanned` wrappers show up as a `.value` segment; users never write it.
+            let path = key_path.into_inner().replace(".value.", ".");
+            let path = path.strip_suffix(".value").unwrap_or(&path).to_string();
             ConfigError {
                 file: file.map(Path::to_path_buf),
                 line,
-                path: String::new(),
+                path: if path == "." { String::new() } else { path },
                 message,
             }
-        })?;
-        Ok(cfg)
+        })
     }
 
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
@@ -594,10 +607,11 @@ fn is_secret_key(k: &str) -> bool {
     .any(|s| k.contains(s))
 }
 
-/// serde-saphyr errors carry a location and a message; keep both, drop the snippet rendering.
+/// serde-saphyr errors carry a location, a message and a rendered snippet of the file.
 fn describe_yaml_error(e: &serde_saphyr::Error) -> (Option<usize>, String) {
     let line = e.location().map(|l| l.line() as usize).filter(|l| *l > 0);
     let full = e.to_string();
+    let full = full.strip_prefix("error: ").unwrap_or(&full).to_string();
     (line, full)
 }
 

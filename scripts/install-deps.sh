@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what building, testing and benchmarking stoa-gateway need, idempotently:
+# Debian packages (cmake and OpenSSL headers for Pingora, openssl for test certificates,
+# nginx and wrk for the load benchmark) and cargo-nextest when it is missing.
+set -euo pipefail
+
+packages=(cmake pkg-config libssl-dev openssl curl nginx-light wrk)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "install-deps: installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
