@@ -108,14 +108,17 @@ fn main() {
         }
     };
     if cli.check {
-        println!(
-            "config OK{}",
+        use std::io::Write;
+        let report = format!(
+            "config OK{}\n{}",
             cli.config
                 .as_ref()
                 .map(|p| format!(": {}", p.display()))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            state.describe()
         );
-        print!("{}", state.describe());
+        // A closed pipe (`--check | head -1`) is not an error worth a panic.
+        let _ = std::io::stdout().write_all(report.as_bytes());
         std::process::exit(0);
     }
     if let Some(pg) = &cli.primary_gateway {
