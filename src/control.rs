@@ -146,12 +146,9 @@ impl BackgroundService for ControlPlane {
                 }
                 Some(()) = file_events.recv() => {
                     // Debounce: wait for the burst of events an editor produces, then reload once.
-                    loop {
-                        match tokio::time::timeout(DEBOUNCE, file_events.recv()).await {
-                            Ok(Some(())) => continue,
-                            _ => break,
-                        }
-                    }
+                    while let Ok(Some(())) =
+                        tokio::time::timeout(DEBOUNCE, file_events.recv()).await
+                    {}
                     if self.config_path.as_ref().is_some_and(|p| p.exists()) {
                         let _ = self.reload("file change");
                     }

@@ -169,7 +169,7 @@ impl Filter for Cors {
         if !self.expose.is_empty() {
             response.insert_header("access-control-expose-headers", self.expose.as_str())?;
         }
-        if !(self.any_origin && !self.credentials) {
+        if !self.any_origin || self.credentials {
             response.append_header("vary", "Origin")?;
         }
         Ok(())
