@@ -152,9 +152,16 @@ pub struct ListenerConfig {
     pub chains: Vec<String>,
     #[serde(default)]
     pub tls: Option<ListenerTls>,
-    /// Plaintext: also accept HTTP/2 with prior knowledge (h2c). TLS: offer h2 via ALPN.
+    /// Plaintext: also accept HTTP/2 with prior knowledge (h2c); default false.
+    /// TLS: offer h2 via ALPN; default true.
     #[serde(default)]
-    pub http2: bool,
+    pub http2: Option<bool>,
+}
+
+impl ListenerConfig {
+    pub fn http2_enabled(&self) -> bool {
+        self.http2.unwrap_or(self.tls.is_some())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

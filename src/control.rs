@@ -26,10 +26,13 @@ pub struct ControlPlane {
 }
 
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Upper bound on the health checks run before a reloaded config takes traffic.
+const FIRST_CHECK_LIMIT: Duration = Duration::from_secs(5);
 
 impl ControlPlane {
-    /// Load, validate and build the file; swap it in only if everything succeeded.
-    pub fn reload(&self, trigger: &str) -> Result<u64, ConfigError> {
+    /// Load, validate and build the file, run the new clusters' first health checks, then swap
+    /// it in — only if everything succeeded.
+    pub async fn reload(&self, trigger: &str) -> Result<u64, ConfigError> {
         let Some(path) = &self.config_path else {
             return Err(ConfigError::new(
                 "",
@@ -70,6 +73,19 @@ impl ControlPlane {
         });
         match result {
             Ok(state) => {
+                // New clusters start out "healthy": check them before they take traffic, so an
+                // endpoint known to be down does not get requests after every reload.
+                let checks = state
+                    .clusters
+                    .values()
+                    .filter(|c| c.health_interval.is_some())
+                    .map(|c| c.run_health_check());
+                if tokio::time::timeout(FIRST_CHECK_LIMIT, futures::future::join_all(checks))
+                    .await
+                    .is_err()
+                {
+                    warn!("first health checks of the new config took too long; swapping anyway");
+                }
                 let version = state.version;
                 self.state.store(Arc::new(state));
                 METRICS.reloads.with_label_values(&["ok"]).inc();
@@ -142,7 +158,7 @@ impl BackgroundService for ControlPlane {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(()) = async { match sighup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
-                    let _ = self.reload("SIGHUP");
+                    let _ = self.reload("SIGHUP").await;
                 }
                 Some(()) = file_events.recv() => {
                     // Debounce: wait for the burst of events an editor produces, then reload once.
@@ -150,7 +166,7 @@ impl BackgroundService for ControlPlane {
                         tokio::time::timeout(DEBOUNCE, file_events.recv()).await
                     {}
                     if self.config_path.as_ref().is_some_and(|p| p.exists()) {
-                        let _ = self.reload("file change");
+                        let _ = self.reload("file change").await;
                     }
                 }
             }

@@ -7,7 +7,14 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub fn init(level: &str) {
-    let filter = EnvFilter::try_new(level)
+    // Pingora logs whole request headers (Authorization, Cookie) at debug level: keep its
+    // proxy and connection modules at info unless the user's filter names them explicitly.
+    let level = if level.contains("pingora") {
+        level.to_string()
+    } else {
+        format!("{level},pingora_proxy=info,pingora_core=info")
+    };
+    let filter = EnvFilter::try_new(&level)
         .or_else(|_| EnvFilter::try_new("info"))
         .expect("the info filter is valid");
     let builder = tracing_subscriber::fmt()

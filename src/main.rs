@@ -193,7 +193,7 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
             state: shared.clone(),
         };
         let mut http = pingora_proxy::http_proxy(&server.configuration, gateway);
-        if l.http2 && l.tls.is_none() {
+        if l.http2_enabled() && l.tls.is_none() {
             let mut opts = HttpServerOptions::default();
             opts.h2c = true;
             http.server_options = Some(opts);
@@ -203,7 +203,7 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
             Some(tls) => {
                 let mut settings = TlsSettings::intermediate(&tls.cert, &tls.key)
                     .unwrap_or_else(|e| fail(&format!("listeners.{}.tls: {e}", l.name)));
-                if l.http2 {
+                if l.http2_enabled() {
                     settings.enable_h2();
                 }
                 service.add_tls_with_settings(&l.address, None, settings);

@@ -142,6 +142,13 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::HTTPStatus(502), "route points at no cluster");
         };
         let Some(backend) = cluster.select(session, &ctx.req.failed_endpoints) else {
+            if ctx.req.attempts > 0 {
+                // A retry found no other endpoint: report the connect failure, not "no endpoint".
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(502),
+                    format!("cluster {}: no other endpoint to retry on", cluster.name),
+                );
+            }
             return Error::e_explain(
                 ErrorType::HTTPStatus(503),
                 format!("cluster {} has no healthy endpoint", cluster.name),
@@ -270,6 +277,8 @@ impl ProxyHttp for Gateway {
             },
         };
         if code > 0 && session.response_written().is_none() {
+            // The connection is not reused after an error: say so instead of resetting it.
+            session.set_keepalive(None);
             let msg = match code {
                 404 => "no route matches this request",
                 413 => "request body too large",

@@ -114,7 +114,7 @@ impl GatewayState {
                 l.name,
                 l.address,
                 if l.tls.is_some() { " (tls)" } else { "" },
-                if l.http2 { " (http2)" } else { "" },
+                if l.http2_enabled() { " (http2)" } else { "" },
             ));
             for (i, (chain, ty)) in chain.labels.iter().enumerate() {
                 out.push_str(&format!("  {}. {ty}  [chain {chain}]\n", i + 1));

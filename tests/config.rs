@@ -211,7 +211,6 @@ fn check_bad_size_message() {
 /// Errors inside a chain entry should point at the offending key's own line and name its full
 /// key path, like errors elsewhere in the file do.
 #[test]
-#[ignore = "gateway limitation: errors inside chain filters report the `- type:` line and path `chains.X[i]` only (internally tagged enum loses spans) - see report"]
 fn check_errors_inside_filters_point_at_the_key() {
     let dir = tempfile::TempDir::new().unwrap();
     let text = "listeners:\n  - name: pub\n    address: 127.0.0.1:1\n    chains: [r]\nchains:\n  r:\n    - type: body_limit\n      max_size: 10XB\n    - type: router\n      routes:\n        - { name: a, match: { path_prefix: / }, respond: { body: hi } }\n";

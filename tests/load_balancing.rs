@@ -239,7 +239,6 @@ async fn refused_without_retries_is_502_quickly() {
 /// The contract: "upstream connect refused -> 502". With the default `retries: 1` and a single
 /// endpoint, the retry finds no other endpoint and the answer becomes 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: a refused single-endpoint cluster answers 503 (retry finds no endpoint) instead of 502 - see report"]
 async fn only_endpoint_refuses_is_502_quickly() {
     let dead = format!("127.0.0.1:{}", closed_port());
     let gw = Gateway::start(&one_cluster(&format!("    endpoints: [\"{dead}\"]"))).await;

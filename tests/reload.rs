@@ -440,7 +440,6 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
 /// A reload builds new clusters; until their first health check they must not send traffic to
 /// an endpoint the running config already knows is unhealthy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: reloaded clusters start with every endpoint healthy until their first health check, so an unhealthy endpoint gets traffic after each reload - see report"]
 async fn reload_keeps_unhealthy_endpoints_out() {
     let (a, b) = (echo("a").await, echo("b").await);
     let config = |route: &str| {

@@ -650,7 +650,6 @@ async fn access_log_json_without_credentials() {
 /// Even at `--log-level debug`, credentials sent by the client are not written to the logs.
 /// (`x-no-echo` makes the upstream answer without reflecting the headers in its body.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: at debug level pingora_proxy::proxy_h1 logs the whole upstream RequestHeader (Authorization, Cookie) - see report"]
 async fn debug_logging_does_not_leak_credentials() {
     let a = echo("a").await;
     let yaml = ACCESS_LOG
@@ -760,7 +759,6 @@ async fn local_404_keeps_connection_usable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: fail_to_proxy answers 5xx with `Connection: keep-alive` and then closes the connection (can_reuse_downstream: false) - see report"]
 async fn error_response_keepalive() {
     let a = echo("a").await;
     let yaml = ACCESS_LOG

@@ -279,7 +279,6 @@ clusters:
 /// h2/http1.1" while `http2:` is described as "plaintext: accept h2c". src/main.rs only calls
 /// `settings.enable_h2()` when `http2: true`, so a TLS listener without it never offers h2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "contract deviation: a TLS listener offers h2 via ALPN only with `http2: true` (contract: TLS listeners do ALPN h2/http1.1) - see report"]
 async fn tls_listener_offers_h2_by_default() {
     let up = echo("a").await;
     let tmp = tempfile::TempDir::new().unwrap();
@@ -400,7 +399,6 @@ async fn upstream_tls_without_verification() {
 /// single-endpoint cluster with the default `retries: 1` gets 503 instead (same bug as
 /// load_balancing::only_endpoint_refuses_is_502_quickly).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: with default retries a single-endpoint connect/TLS failure answers 503 instead of 502 - see report"]
 async fn upstream_tls_verify_failure_default_retries_is_502() {
     let tmp = tempfile::TempDir::new().unwrap();
     let certs = make_certs(tmp.path());

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, value::MapAccessDeserializer, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::access_log::{AccessLog, AccessLogConfig};
 use crate::body_limit::{BodyLimit, BodyLimitConfig};
@@ -14,9 +15,11 @@ use crate::headers::{Headers, HeadersConfig};
 use crate::request_id::{RequestId, RequestIdConfig};
 use crate::router::{Router, RouterConfig};
 
-/// One entry of a chain in the config file, selected by its `type:` key.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+/// One entry of a chain in the config file, selected by its `type:` key, which must come first
+/// so the rest of the entry is read straight into the filter's own config struct (errors then
+/// point at the exact key and line).
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum FilterConfig {
     Router(RouterConfig),
     Headers(HeadersConfig),
@@ -35,6 +38,45 @@ pub const FILTER_TYPES: &[&str] = &[
     "access_log",
     "body_limit",
 ];
+
+impl<'de> Deserialize<'de> for FilterConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(FilterConfigVisitor)
+    }
+}
+
+struct FilterConfigVisitor;
+
+impl<'de> Visitor<'de> for FilterConfigVisitor {
+    type Value = FilterConfig;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a filter entry: a map whose first key is `type`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FilterConfig, A::Error> {
+        match map.next_key::<String>()?.as_deref() {
+            Some("type") => {}
+            Some(other) => {
+                return Err(de::Error::custom(format!(
+                    "`type` must be the first key of a filter entry (found `{other}` first)"
+                )))
+            }
+            None => return Err(de::Error::missing_field("type")),
+        }
+        let ty: String = map.next_value()?;
+        let rest = MapAccessDeserializer::new(map);
+        Ok(match ty.as_str() {
+            "router" => FilterConfig::Router(RouterConfig::deserialize(rest)?),
+            "headers" => FilterConfig::Headers(HeadersConfig::deserialize(rest)?),
+            "request_id" => FilterConfig::RequestId(RequestIdConfig::deserialize(rest)?),
+            "cors" => FilterConfig::Cors(CorsConfig::deserialize(rest)?),
+            "access_log" => FilterConfig::AccessLog(AccessLogConfig::deserialize(rest)?),
+            "body_limit" => FilterConfig::BodyLimit(BodyLimitConfig::deserialize(rest)?),
+            other => return Err(de::Error::unknown_variant(other, FILTER_TYPES)),
+        })
+    }
+}
 
 /// What a filter may check against while it is built (e.g. that a route's cluster exists).
 #[derive(Clone, Debug, Default)]
