@@ -26,8 +26,11 @@ fn router(n: usize) -> Router {
             "cluster": "a", "strip_path": true
         }));
     }
-    routes.push(serde_json::json!({ "name": "fallback", "match": { "path_prefix": "/" }, "cluster": "b" }));
-    let cfg: RouterConfig = serde_json::from_value(serde_json::json!({ "routes": routes })).unwrap();
+    routes.push(
+        serde_json::json!({ "name": "fallback", "match": { "path_prefix": "/" }, "cluster": "b" }),
+    );
+    let cfg: RouterConfig =
+        serde_json::from_value(serde_json::json!({ "routes": routes })).unwrap();
     Router::build(&cfg, &bctx()).unwrap()
 }
 
@@ -35,13 +38,24 @@ fn route_matching(c: &mut Criterion) {
     let mut g = c.benchmark_group("route_matching");
     for n in [1usize, 10, 100] {
         let r = router(n);
-        let last = RequestHeader::build("GET", format!("/svc{}/items?x=1", n - 1).as_bytes(), None).unwrap();
+        let last = RequestHeader::build("GET", format!("/svc{}/items?x=1", n - 1).as_bytes(), None)
+            .unwrap();
         let miss = RequestHeader::build("GET", b"/other/path", None).unwrap();
         g.bench_function(format!("{n}_routes_last_match"), |b| {
-            b.iter(|| black_box(r.find(black_box(&last)).map(|(route, p)| (route.name.len(), p))))
+            b.iter(|| {
+                black_box(
+                    r.find(black_box(&last))
+                        .map(|(route, p)| (route.name.len(), p)),
+                )
+            })
         });
         g.bench_function(format!("{n}_routes_fallback"), |b| {
-            b.iter(|| black_box(r.find(black_box(&miss)).map(|(route, p)| (route.name.len(), p))))
+            b.iter(|| {
+                black_box(
+                    r.find(black_box(&miss))
+                        .map(|(route, p)| (route.name.len(), p)),
+                )
+            })
         });
     }
     g.finish();
@@ -61,7 +75,9 @@ fn chain_filters() -> Vec<std::sync::Arc<dyn stoa_filters::Filter>> {
     - { name: rest, match: { path_prefix: / }, cluster: b }
 "#;
     let cfgs: Vec<FilterConfig> = serde_saphyr::from_str(yaml).unwrap();
-    cfgs.iter().map(|c| build_filter(c, &bctx()).unwrap()).collect()
+    cfgs.iter()
+        .map(|c| build_filter(c, &bctx()).unwrap())
+        .collect()
 }
 
 async fn session() -> Session {
@@ -78,7 +94,10 @@ async fn session() -> Session {
 }
 
 fn chain_execution(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let filters = chain_filters();
     let mut s = rt.block_on(session());
     let listener: std::sync::Arc<str> = "bench".into();
@@ -89,7 +108,9 @@ fn chain_execution(c: &mut Criterion) {
                 for _ in 0..iters {
                     let mut ctx = RequestCtx::new(listener.clone());
                     for f in &filters {
-                        if let FilterAction::Respond(r) = f.on_request(&mut s, &mut ctx).await.unwrap() {
+                        if let FilterAction::Respond(r) =
+                            f.on_request(&mut s, &mut ctx).await.unwrap()
+                        {
                             black_box(r);
                         }
                     }

@@ -11,7 +11,11 @@
 #   direct   wrk -> upstream                    (upper bound of the rig)
 #   nginx    wrk -> nginx (1 worker, keepalive upstream pool) -> upstream
 #   bare     wrk -> target/release/examples/bare_pingora -> upstream
-#   stoa     wrk -> target/release/stoa-gateway -> upstream
+#   stoa     wrk -> target/release/stoa-gateway -c benches/stoa-bench.yaml -> upstream
+#            (threads: 1, one router route, nothing else: same work as bare)
+#   stoa-preset  wrk -> stoa-gateway --mode=proxy --port=P --upstream=URL
+#            --admin-address A (the shipped preset: request_id + access_log to
+#            stdout (sent to /dev/null here) + router)
 # Also measured for nginx (worker), bare and stoa: start -> first proxied 200 (ms), and RSS
 # idle / peak / after while RSS_REQUESTS requests go over RSS_CONNECTIONS
 # connections.
@@ -24,14 +28,16 @@
 # Environment (defaults in brackets):
 #   DURATION [10s]  CONNECTIONS [50]  WRK_THREADS [1]  WARMUP [2s]
 #   RSS_CONNECTIONS [1000]  RSS_REQUESTS [100000]  RSS_MAX_DURATION [120s]
-#   STOA_CONFIG [file]   file: benches/stoa-bench.yaml (ports rewritten)
-#                        cli:  --mode=proxy --port --upstream --admin-address
 #   STOA_BIN [target/release/stoa-gateway]
 #   BARE_BIN [target/release/examples/bare_pingora]
-#   NGINX [/usr/sbin/nginx]  TARGETS ["direct nginx bare stoa"]
+#   NGINX [/usr/sbin/nginx]  TARGETS ["direct nginx bare stoa stoa-preset"]
 #   STARTUP_TIMEOUT [10] seconds   BUILD [0]   KEEP_TMP [0]
 #   PROXY_CPU [0]  LOAD_CPU [1]     RESULTS [benches/results/latest.md]
 set -u -o pipefail
+
+# The whole script is one compound command, so bash parses it completely
+# before running anything: editing this file during a run cannot corrupt it.
+{
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -43,11 +49,11 @@ WARMUP="${WARMUP:-2s}"
 RSS_CONNECTIONS="${RSS_CONNECTIONS:-1000}"
 RSS_REQUESTS="${RSS_REQUESTS:-100000}"
 RSS_MAX_DURATION="${RSS_MAX_DURATION:-120s}"
-STOA_CONFIG="${STOA_CONFIG:-file}"
 STOA_BIN="${STOA_BIN:-$ROOT/target/release/stoa-gateway}"
 BARE_BIN="${BARE_BIN:-$ROOT/target/release/examples/bare_pingora}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
-TARGETS="${TARGETS:-direct nginx bare stoa}"
+TARGETS="${TARGETS:-direct nginx bare stoa stoa-preset}"
+ALL_TARGETS="direct nginx bare stoa stoa-preset"
 STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-10}"
 BUILD="${BUILD:-0}"
 KEEP_TMP="${KEEP_TMP:-0}"
@@ -315,11 +321,15 @@ target_nginx() {
   forget_pid "$pid"
 }
 
-target_pingora() { # target_pingora NAME PORT LOGFILE CMD...
+target_pingora() { # target_pingora NAME PORT LOGFILE CMD...  (STDOUT=file: stdout elsewhere)
   local name="$1" port="$2" logf="$3" pid
   shift 3
   T0_NS="$(now_ns)"
-  taskset -c "$PROXY_CPU" "$@" >"$logf" 2>&1 &
+  if [ -n "${STDOUT:-}" ]; then
+    taskset -c "$PROXY_CPU" "$@" >"$STDOUT" 2>"$logf" &
+  else
+    taskset -c "$PROXY_CPU" "$@" >"$logf" 2>&1 &
+  fi
   pid=$!
   PIDS+=("$pid")
   if STARTUP[$name]="$(wait_ok "http://127.0.0.1:$port/" "$pid")"; then
@@ -354,34 +364,44 @@ target_bare() {
 }
 
 STOA_VERSION=""
-target_stoa() {
+stoa_present() { # stoa_present NAME
   if [ ! -x "$STOA_BIN" ]; then
-    log "stoa: $STOA_BIN not found; build it with: cargo build --release --bin stoa-gateway. Skipping."
-    NOTE[stoa]="binary not built; skipped. "
-    return
+    log "$1: $STOA_BIN not found; build it with: cargo build --release --bin stoa-gateway. Skipping."
+    NOTE[$1]="binary not built; skipped. "
+    return 1
   fi
   STOA_VERSION="$("$STOA_BIN" --version 2>/dev/null | head -1)"
+}
+
+target_stoa() {
+  stoa_present stoa || return 0
   local port admin
   port="$(free_port)"
   admin="$(free_port)"
-  if [ "$STOA_CONFIG" = cli ]; then
-    target_pingora stoa "$port" "$TMP/stoa.log" "$STOA_BIN" --mode=proxy --port="$port" \
-      --upstream="http://127.0.0.1:$UP_PORT" --admin-address "127.0.0.1:$admin"
-  else
-    sed -e "s/127\.0\.0\.1:18080/127.0.0.1:$port/" \
-        -e "s/127\.0\.0\.1:19901/127.0.0.1:$admin/" \
-        -e "s/127\.0\.0\.1:19000/127.0.0.1:$UP_PORT/" \
-        -e "s#/tmp/stoa-bench.pid#$TMP/stoa.pid#" \
-        -e "s#/tmp/stoa-bench-upgrade.sock#$TMP/stoa-upgrade.sock#" \
-        "$ROOT/benches/stoa-bench.yaml" >"$TMP/stoa.yaml"
-    target_pingora stoa "$port" "$TMP/stoa.log" "$STOA_BIN" -c "$TMP/stoa.yaml"
-  fi
+  sed -e "s/127\.0\.0\.1:18080/127.0.0.1:$port/" \
+      -e "s/127\.0\.0\.1:19901/127.0.0.1:$admin/" \
+      -e "s/127\.0\.0\.1:19000/127.0.0.1:$UP_PORT/" \
+      -e "s#/tmp/stoa-bench.pid#$TMP/stoa.pid#" \
+      -e "s#/tmp/stoa-bench-upgrade.sock#$TMP/stoa-upgrade.sock#" \
+      "$ROOT/benches/stoa-bench.yaml" >"$TMP/stoa.yaml"
+  target_pingora stoa "$port" "$TMP/stoa.log" "$STOA_BIN" -c "$TMP/stoa.yaml"
+}
+
+target_stoa_preset() {
+  stoa_present stoa-preset || return 0
+  local port admin
+  port="$(free_port)"
+  admin="$(free_port)"
+  # the preset's access log goes to stdout: discard it (the writes still happen)
+  STDOUT=/dev/null target_pingora stoa-preset "$port" "$TMP/stoa-preset.log" "$STOA_BIN" \
+    --mode=proxy --port="$port" --upstream="http://127.0.0.1:$UP_PORT" --admin-address "127.0.0.1:$admin"
 }
 
 for t in $TARGETS; do
   case "$t" in
     direct | nginx | bare | stoa) "target_$t" ;;
-    *) die "unknown target $t (want: direct nginx bare stoa)" ;;
+    stoa-preset) target_stoa_preset ;;
+    *) die "unknown target $t (want: $ALL_TARGETS)" ;;
   esac
 done
 
@@ -392,7 +412,7 @@ ratio() { # ratio A B -> A/B or "-"
 pct() { awk -v r="$1" 'BEGIN { if (r == "-") print ""; else printf " (%+.0f%%)", (r - 1) * 100 }'; }
 
 ROWS=""
-for t in direct nginx bare stoa; do
+for t in $ALL_TARGETS; do
   [ -n "${RPS[$t]:-}" ] || continue
   ROWS+="$t|${RPS[$t]}|$(fmt_us "${P50[$t]}")|$(fmt_us "${P99[$t]}")|${REQS[$t]:-}|${ERRS[$t]:-}|${STARTUP[$t]:-}"$'\n'
 done
@@ -409,9 +429,11 @@ add_ratio() { # add_ratio LABEL A B
 add_ratio "stoa / bare pingora" stoa bare
 add_ratio "stoa / nginx" stoa nginx
 add_ratio "bare pingora / nginx" bare nginx
+add_ratio "stoa-preset / bare pingora" stoa-preset bare
+add_ratio "stoa-preset / stoa" stoa-preset stoa
 
 RSSROWS=""
-for t in nginx bare stoa; do
+for t in nginx bare stoa stoa-preset; do
   [ -n "${RSS_IDLE[$t]:-}" ] || continue
   RSSROWS+="$t|$(mib "${RSS_IDLE[$t]}")|$(mib "${RSS_PEAK[$t]}")|$(mib "${RSS_AFTER[$t]}")|$(mib "${RSS_HWM[$t]}")|${RSS_REQS[$t]:-}"$'\n'
 done
@@ -441,7 +463,7 @@ if [ -n "$RSSROWS" ]; then
   echo "== memory: $RSS_REQUESTS requests over $RSS_CONNECTIONS connections (MiB)"
   print_table "target|RSS idle|RSS peak (sampled)|RSS after|VmHWM|requests" "$RSSROWS"
 fi
-for k in _global direct nginx bare stoa; do
+for k in _global $ALL_TARGETS; do
   [ -n "${NOTE[$k]:-}" ] && echo "note ($k): ${NOTE[$k]}"
 done
 
@@ -460,7 +482,8 @@ mkdir -p "$(dirname "$RESULTS")"
   echo "- Machine: $(nproc) CPUs, $HOST_CPU, kernel $(uname -r)"
   echo "- Proxy under test pinned to CPU $PROXY_CPU, one worker thread; upstream (nginx, 1 worker, \`return 200 \"ok\\n\"\`) and wrk pinned to CPU $LOAD_CPU"
   echo "- Load: \`wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency\` after a $WARMUP warmup, HTTP/1.1 keep-alive, plaintext"
-  echo "- Tools: nginx $NGINX_VERSION, $WRK_VERSION${STOA_VERSION:+, $STOA_VERSION} (stoa config: $STOA_CONFIG)"
+  echo "- Targets: direct = wrk straight to the upstream; nginx = 1 worker, \`proxy_pass\` with an upstream keepalive pool; bare = \`benches/bare_pingora.rs\` (Pingora, no filters, mimalloc, 1 thread); stoa = \`stoa-gateway -c benches/stoa-bench.yaml\` (1 thread, a single router route); stoa-preset = \`stoa-gateway --mode=proxy --port --upstream --admin-address\` (the shipped preset: request_id, access_log to stdout (/dev/null), router)"
+  echo "- Tools: nginx $NGINX_VERSION, $WRK_VERSION${STOA_VERSION:+, $STOA_VERSION}"
   echo
   echo "## Throughput and latency"
   echo
@@ -482,7 +505,7 @@ mkdir -p "$(dirname "$RESULTS")"
     md_table "target|RSS idle|RSS peak|RSS after|VmHWM|requests" "$RSSROWS"
   fi
   notes=""
-  for k in _global direct nginx bare stoa; do
+  for k in _global $ALL_TARGETS; do
     [ -n "${NOTE[$k]:-}" ] && notes+="- $k: ${NOTE[$k]}"$'\n'
   done
   if [ -n "$notes" ]; then
@@ -493,3 +516,5 @@ mkdir -p "$(dirname "$RESULTS")"
   fi
 } >"$RESULTS"
 log "results written to $RESULTS"
+exit 0
+}
