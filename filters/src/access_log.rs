@@ -1,11 +1,15 @@
 //! `access_log` filter: one JSON line per finished request (request id, route, status, timing,
-//! upstream, rejection), written by a background thread through a bounded channel so the
-//! request path never waits on I/O. Lines that do not fit in the channel are dropped and counted.
-//! The query string is not logged (it may carry tokens), nor any credential header.
+//! upstream, rejection). Lines are appended to a shared in-memory batch that a background
+//! thread writes out every 100 ms (or sooner once 64 KiB are waiting), so the request path never
+//! waits on I/O and never wakes another thread per line. When the batch reaches its cap the line
+//! is dropped and counted. The query string is not logged (it may carry tokens), nor any
+//! credential header.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_proxy::Session;
@@ -17,22 +21,25 @@ use crate::filter::{phase, Filter};
 /// Access-log lines dropped because the writer could not keep up.
 pub static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
 
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+const FLUSH_AT_BYTES: usize = 64 * 1024;
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogConfig {
     /// `stdout` (default), `stderr`, or a file path (appended to).
     #[serde(default = "default_path")]
     pub path: String,
-    /// Lines buffered before new ones are dropped.
+    /// Bytes of log lines held in memory before new lines are dropped.
     #[serde(default = "default_buffer")]
-    pub buffer: usize,
+    pub buffer: crate::units::ByteSize,
 }
 
 fn default_path() -> String {
     "stdout".into()
 }
-fn default_buffer() -> usize {
-    8192
+fn default_buffer() -> crate::units::ByteSize {
+    crate::units::ByteSize(4 << 20)
 }
 
 impl Default for AccessLogConfig {
@@ -44,11 +51,46 @@ impl Default for AccessLogConfig {
     }
 }
 
+/// The batch shared by the request path and the writer thread.
+struct Batch {
+    lines: Mutex<Vec<u8>>,
+    ready: Condvar,
+}
+
 pub struct AccessLog {
-    output: std::sync::Mutex<Option<Box<dyn Write + Send>>>,
-    buffer: usize,
+    output: Mutex<Option<Box<dyn Write + Send>>>,
+    cap: usize,
     /// Started on first use, so a daemonized (forked) process gets its own writer thread.
-    tx: std::sync::OnceLock<Option<SyncSender<String>>>,
+    batch: std::sync::OnceLock<Option<Arc<Batch>>>,
+}
+
+/// One access-log line, serialized straight from borrowed request data.
+#[derive(Serialize)]
+struct AccessLine<'a> {
+    ts: f64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    request_id: &'a str,
+    listener: &'a str,
+    route: &'a str,
+    cluster: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    duration_ms: f64,
+    bytes_sent: usize,
+    upstream: Option<std::net::SocketAddr>,
+    client_ip: Option<std::net::IpAddr>,
+    user_agent: Option<&'a str>,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected_by: Option<Rejected>,
+}
+
+#[derive(Serialize)]
+struct Rejected {
+    filter: &'static str,
+    reason: &'static str,
 }
 
 impl AccessLog {
@@ -65,32 +107,53 @@ impl AccessLog {
             ),
         };
         Ok(AccessLog {
-            output: std::sync::Mutex::new(Some(out)),
-            buffer: cfg.buffer.max(1),
-            tx: std::sync::OnceLock::new(),
+            output: Mutex::new(Some(out)),
+            cap: (cfg.buffer.0 as usize).max(4096),
+            batch: std::sync::OnceLock::new(),
         })
     }
 
-    fn sender(&self) -> Option<&SyncSender<String>> {
-        self.tx
+    fn batch(&self) -> Option<&Arc<Batch>> {
+        self.batch
             .get_or_init(|| {
-                let out = self.output.lock().ok()?.take()?;
-                let (tx, rx) = sync_channel::<String>(self.buffer);
+                let mut out = self.output.lock().ok()?.take()?;
+                let batch = Arc::new(Batch {
+                    lines: Mutex::new(Vec::with_capacity(FLUSH_AT_BYTES)),
+                    ready: Condvar::new(),
+                });
+                // The writer ends once the filter (its config version) is gone and the last
+                // lines are written.
+                let shared = batch.clone();
                 std::thread::Builder::new()
                     .name("access-log".into())
                     .spawn(move || {
-                        let mut w = std::io::BufWriter::with_capacity(64 * 1024, out);
-                        while let Ok(line) = rx.recv() {
-                            let _ = w.write_all(line.as_bytes());
-                            // Drain what is queued, then flush once.
-                            while let Ok(line) = rx.try_recv() {
-                                let _ = w.write_all(line.as_bytes());
+                        let mut spare = Vec::with_capacity(FLUSH_AT_BYTES);
+                        loop {
+                            let last = Arc::strong_count(&shared) == 1;
+                            {
+                                let mut guard =
+                                    shared.lines.lock().unwrap_or_else(|p| p.into_inner());
+                                if !last && guard.len() < FLUSH_AT_BYTES {
+                                    guard = shared
+                                        .ready
+                                        .wait_timeout(guard, FLUSH_EVERY)
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .0;
+                                }
+                                std::mem::swap(&mut *guard, &mut spare);
                             }
-                            let _ = w.flush();
+                            if !spare.is_empty() {
+                                let _ = out.write_all(&spare);
+                                let _ = out.flush();
+                                spare.clear();
+                            }
+                            if last {
+                                break;
+                            }
                         }
                     })
                     .ok()?;
-                Some(tx)
+                Some(batch)
             })
             .as_ref()
     }
@@ -107,43 +170,45 @@ impl Filter for AccessLog {
     }
 
     fn on_logging(&self, session: &Session, ctx: &RequestCtx, status: u16) {
+        let Some(batch) = self.batch() else { return };
         let req = session.req_header();
-        let ua = req
-            .headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok());
-        let mut line = serde_json::json!({
-            "ts": httpdate_now(),
-            "type": "access",
-            "request_id": ctx.request_id,
-            "listener": &*ctx.listener,
-            "route": ctx.route_name(),
-            "cluster": ctx.route.as_ref().map(|r| &*r.cluster),
-            "method": req.method.as_str(),
-            "path": req.uri.path(),
-            "status": status,
-            "duration_ms": ctx.started.elapsed().as_secs_f64() * 1000.0,
-            "bytes_sent": session.body_bytes_sent(),
-            "upstream": ctx.upstream_addr.map(|a| a.to_string()),
-            "client_ip": ctx.client_ip.map(|ip| ip.to_string()),
-            "user_agent": ua,
-            "attempts": ctx.attempts,
-        });
-        if let Some(r) = &ctx.rejection {
-            line["rejected_by"] = serde_json::json!({ "filter": r.filter, "reason": r.reason });
-        }
-        let mut s = line.to_string();
-        s.push('\n');
-        let Some(tx) = self.sender() else { return };
-        if let Err(TrySendError::Full(_)) = tx.try_send(s) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let line = AccessLine {
+            ts: (now.as_millis() as f64) / 1000.0,
+            kind: "access",
+            request_id: &ctx.request_id,
+            listener: &ctx.listener,
+            route: ctx.route_name(),
+            cluster: ctx.route.as_ref().map(|r| &*r.cluster),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status,
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            bytes_sent: session.body_bytes_sent(),
+            upstream: ctx.upstream_addr,
+            client_ip: ctx.client_ip,
+            user_agent: req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+            attempts: ctx.attempts,
+            rejected_by: ctx.rejection.as_ref().map(|r| Rejected {
+                filter: r.filter,
+                reason: r.reason,
+            }),
+        };
+        let mut guard = batch.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.len() >= self.cap {
             ACCESS_LOG_DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if serde_json::to_writer(&mut *guard, &line).is_ok() {
+            guard.push(b'\n');
+        }
+        if guard.len() >= FLUSH_AT_BYTES {
+            batch.ready.notify_one();
         }
     }
-}
-
-fn httpdate_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}.{:03}", now.as_secs(), now.subsec_millis())
 }
