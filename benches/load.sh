@@ -27,6 +27,7 @@
 #
 # Environment (defaults in brackets):
 #   DURATION [10s]  CONNECTIONS [50]  WRK_THREADS [1]  WARMUP [2s]
+#   RUNS [1]  (wrk runs per target; the run with the median req/s is reported)
 #   RSS_CONNECTIONS [1000]  RSS_REQUESTS [100000]  RSS_MAX_DURATION [120s]
 #   STOA_BIN [target/release/stoa-gateway]
 #   BARE_BIN [target/release/examples/bare_pingora]
@@ -46,6 +47,7 @@ DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-50}"
 WRK_THREADS="${WRK_THREADS:-1}"
 WARMUP="${WARMUP:-2s}"
+RUNS="${RUNS:-1}"
 RSS_CONNECTIONS="${RSS_CONNECTIONS:-1000}"
 RSS_REQUESTS="${RSS_REQUESTS:-100000}"
 RSS_MAX_DURATION="${RSS_MAX_DURATION:-120s}"
@@ -61,7 +63,7 @@ PROXY_CPU="${PROXY_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 RESULTS="${RESULTS:-$ROOT/benches/results/latest.md}"
 
-log() { printf '[load] %s\n' "$*" >&2; }
+log() { printf '[load %(%T)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 for tool in "$NGINX" wrk curl taskset; do
@@ -201,12 +203,21 @@ start_nginx() { # start_nginx DIR CPU -> sets LAST_PID
 
 # ---------------------------------------------------------------------- wrk --
 cat >"$TMP/limit.lua" <<'EOF'
--- stop this wrk thread after WRK_LIMIT responses
+-- After WRK_LIMIT responses: stop sending (connections stay open) and create
+-- WRK_DONE_FILE, so load.sh can read the proxy's RSS, then SIGINT wrk (whose
+-- main thread otherwise sleeps for the whole -d duration).
 local limit = tonumber(os.getenv("WRK_LIMIT") or "100000")
+local done_file = os.getenv("WRK_DONE_FILE")
 local n = 0
 function response(status, headers, body)
   n = n + 1
-  if n >= limit then wrk.thread:stop() end
+  if n == limit then
+    if done_file then
+      local f = io.open(done_file, "w")
+      if f then f:write(n, "\n"); f:close() end
+    end
+    wrk.thread:stop()
+  end
 end
 EOF
 
@@ -220,7 +231,7 @@ to_us() { # "123.4us" | "1.2ms" | "2.00s" -> microseconds
 }
 fmt_us() { awk -v u="$1" 'BEGIN { if (u == "nan" || u == "") print "-"; else if (u < 1000) printf "%.0fus", u; else printf "%.2fms", u / 1000 }'; }
 
-declare -A RPS P50 P99 REQS ERRS STARTUP RSS_IDLE RSS_PEAK RSS_AFTER RSS_HWM RSS_REQS NOTE
+declare -A RPS P50 P99 REQS ERRS PCPU OCPU STARTUP RSS_IDLE RSS_PEAK RSS_OPEN RSS_AFTER RSS_HWM RSS_REQS NOTE
 
 run_wrk() { # run_wrk OUTFILE CONNS DURATION URL [extra wrk args]
   local out="$1" c="$2" d="$3" url="$4"
@@ -228,31 +239,63 @@ run_wrk() { # run_wrk OUTFILE CONNS DURATION URL [extra wrk args]
   taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$c" -d"$d" --latency "$@" "$url" >"$out" 2>&1
 }
 
-measure() { # measure NAME URL
-  local name="$1" url="$2" out="$TMP/wrk-$1.txt" sock non2xx
+# CPU accounting on the proxy's core, to tell whether the proxy was the
+# bottleneck (proxy ~100%) and whether something else used its core.
+cpu_jiffies() { # cpu_jiffies CPU -> "busy_without_irq total"
+  awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
+}
+proc_jiffies() { # utime + stime of the whole process
+  sed 's/^.*) //' /proc/"$1"/stat 2>/dev/null | awk '{ print $12 + $13 }' || echo 0
+}
+
+wrk_parse() { # wrk_parse FILE -> "rps p50us p99us requests errors"
+  local f="$1" sock non2xx
+  sock="$(awk -F'[ ,]+' '/Socket errors:/ { print $5 + $7 + $9 + $11 }' "$f")"
+  non2xx="$(awk '/Non-2xx or 3xx responses:/ { print $5 }' "$f")"
+  echo "$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$f")" \
+    "$(to_us "$(awk '$1 == "50%" { print $2 }' "$f")")" \
+    "$(to_us "$(awk '$1 == "99%" { print $2 }' "$f")")" \
+    "$(awk '/requests in/ { print $1 }' "$f")" \
+    "$(( ${sock:-0} + ${non2xx:-0} ))"
+}
+
+measure() { # measure NAME URL [PROXY_PID]
+  local name="$1" url="$2" ppid="${3:-}" run out results="" c0 c1 p0 p1 line
   log "$name: warmup $WARMUP"
   run_wrk "$TMP/wrk-$name-warmup.txt" "$CONNECTIONS" "$WARMUP" "$url"
-  log "$name: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency $url"
-  run_wrk "$out" "$CONNECTIONS" "$DURATION" "$url"
-  RPS[$name]="$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")"
-  P50[$name]="$(to_us "$(awk '$1 == "50%" {print $2}' "$out")")"
-  P99[$name]="$(to_us "$(awk '$1 == "99%" {print $2}' "$out")")"
-  REQS[$name]="$(awk '/requests in/ {print $1}' "$out")"
-  sock="$(awk -F'[ ,]+' '/Socket errors:/ {print $4 + $6 + $8 + $10}' "$out")"
-  non2xx="$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$out")"
-  ERRS[$name]=$(( ${sock:-0} + ${non2xx:-0} ))
-  if [ -z "${RPS[$name]}" ]; then
-    log "$name: wrk produced no result:"; cat "$out" >&2
-    RPS[$name]=0
-  fi
-  log "$name: ${RPS[$name]} req/s, p50 $(fmt_us "${P50[$name]}"), p99 $(fmt_us "${P99[$name]}"), errors ${ERRS[$name]}"
+  for ((run = 1; run <= RUNS; run++)); do
+    out="$TMP/wrk-$name-$run.txt"
+    log "$name: run $run/$RUNS: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency $url"
+    c0="$(cpu_jiffies "$PROXY_CPU")"; [ -n "$ppid" ] && p0="$(proc_jiffies "$ppid")"
+    run_wrk "$out" "$CONNECTIONS" "$DURATION" "$url"
+    c1="$(cpu_jiffies "$PROXY_CPU")"; [ -n "$ppid" ] && p1="$(proc_jiffies "$ppid")"
+    line="$(wrk_parse "$out")"
+    if [ -n "$ppid" ]; then
+      # proxy CPU % of its core, and other (non-irq) busy % on that core
+      line="$line $(awk -v a="$c0" -v b="$c1" -v p0="$p0" -v p1="$p1" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; if (t <= 0) t = 1
+        printf "%.0f %.0f", (p1 - p0) * 100 / t, ((y[1] - x[1]) - (p1 - p0)) * 100 / t }')"
+    else
+      line="$line - -"
+    fi
+    log "$name: run $run: $line (req/s p50us p99us requests errors proxy-cpu% other-cpu%)"
+    [ -n "${line%% *}" ] || { log "$name: wrk produced no result:"; cat "$out" >&2; line="0 nan nan 0 0 - -"; }
+    results+="$line"$'\n'
+  done
+  # keep the run with the median req/s
+  line="$(printf '%s' "$results" | sort -n -k1,1 | awk -v n="$RUNS" 'NR == int((n + 1) / 2)')"
+  read -r RPS[$name] P50[$name] P99[$name] REQS[$name] ERRS[$name] PCPU[$name] OCPU[$name] <<<"$line"
+  log "$name: ${RPS[$name]} req/s, p50 $(fmt_us "${P50[$name]}"), p99 $(fmt_us "${P99[$name]}"), errors ${ERRS[$name]}, proxy cpu ${PCPU[$name]}%, other on cpu $PROXY_CPU: ${OCPU[$name]}%"
 }
 
 rss_phase() { # rss_phase NAME PID URL
   local name="$1" pid="$2" url="$3" out="$TMP/wrk-$1-rss.txt" wpid peak=0 r i
+  local done_file="$TMP/wrk-$1-rss.done"
+  rm -f "$done_file"
   RSS_IDLE[$name]="$(vmrss_kb "$pid")"
+  RSS_OPEN[$name]=""
   log "$name: RSS phase: $RSS_REQUESTS requests over $RSS_CONNECTIONS connections"
-  WRK_LIMIT="$RSS_REQUESTS" taskset -c "$LOAD_CPU" wrk -t1 -c"$RSS_CONNECTIONS" -d"$RSS_MAX_DURATION" \
+  WRK_LIMIT="$RSS_REQUESTS" WRK_DONE_FILE="$done_file" taskset -c "$LOAD_CPU" wrk -t1 -c"$RSS_CONNECTIONS" -d"$RSS_MAX_DURATION" \
     --timeout 10s -s "$TMP/limit.lua" "$url" >"$out" 2>&1 &
   wpid=$!
   PIDS+=("$wpid")
@@ -260,8 +303,15 @@ rss_phase() { # rss_phase NAME PID URL
     alive "$wpid" || break
     r="$(vmrss_kb "$pid")"
     [ "${r:-0}" -gt "$peak" ] && peak="$r"
+    if [ -e "$done_file" ]; then
+      sleep 0.2 # let in-flight responses drain; the connections stay open
+      RSS_OPEN[$name]="$(vmrss_kb "$pid")"
+      [ "${RSS_OPEN[$name]}" -gt "$peak" ] && peak="${RSS_OPEN[$name]}"
+      break
+    fi
     sleep 0.05
   done
+  [ -e "$done_file" ] || NOTE[$name]="${NOTE[$name]:-}RSS run: wrk did not reach $RSS_REQUESTS responses within $RSS_MAX_DURATION. "
   stop_pid "$wpid" INT
   forget_pid "$wpid"
   sleep 0.5
@@ -270,7 +320,7 @@ rss_phase() { # rss_phase NAME PID URL
   RSS_HWM[$name]="$(vmhwm_kb "$pid")"
   RSS_REQS[$name]="$(awk '/requests in/ {print $1}' "$out")"
   if grep -q 'Socket errors' "$out"; then NOTE[$name]="${NOTE[$name]:-}RSS run: $(grep 'Socket errors' "$out" | sed 's/^ *//'). "; fi
-  log "$name: RSS idle $(mib "${RSS_IDLE[$name]}") MiB, peak $(mib "$peak") MiB, after $(mib "${RSS_AFTER[$name]}") MiB (${RSS_REQS[$name]:-?} requests)"
+  log "$name: RSS idle $(mib "${RSS_IDLE[$name]}") MiB, peak $(mib "$peak") MiB, at $RSS_REQUESTS with $RSS_CONNECTIONS conns open $(mib "${RSS_OPEN[$name]:-0}") MiB, after close $(mib "${RSS_AFTER[$name]}") MiB (${RSS_REQS[$name]:-?} requests)"
 }
 
 # ------------------------------------------------------------------ upstream --
@@ -308,10 +358,10 @@ target_nginx() {
   start_nginx "$TMP/nginx" "$PROXY_CPU"
   pid="$LAST_PID"
   if STARTUP[nginx]="$(wait_ok "http://127.0.0.1:$port/" "$pid")"; then
-    measure nginx "http://127.0.0.1:$port/"
-    # memory of the single worker process (the master only supervises)
+    # CPU and memory of the single worker process (the master only supervises)
     local worker
     worker="$(children_of "$pid" | head -1)"
+    measure nginx "http://127.0.0.1:$port/" "$worker"
     [ -n "$worker" ] && rss_phase nginx "$worker" "http://127.0.0.1:$port/"
   else
     log "nginx proxy did not come up; skipping"; cat "$TMP/nginx/logs/"*.log >&2
@@ -334,7 +384,7 @@ target_pingora() { # target_pingora NAME PORT LOGFILE CMD...  (STDOUT=file: stdo
   PIDS+=("$pid")
   if STARTUP[$name]="$(wait_ok "http://127.0.0.1:$port/" "$pid")"; then
     log "$name: first proxied 200 after ${STARTUP[$name]} ms (pid $pid, threads $(awk '/^Threads:/ {print $2}' /proc/"$pid"/status))"
-    measure "$name" "http://127.0.0.1:$port/"
+    measure "$name" "http://127.0.0.1:$port/" "$pid"
     rss_phase "$name" "$pid" "http://127.0.0.1:$port/"
     if ! alive "$pid"; then
       NOTE[$name]="${NOTE[$name]:-}process died during the run. "
@@ -414,7 +464,7 @@ pct() { awk -v r="$1" 'BEGIN { if (r == "-") print ""; else printf " (%+.0f%%)",
 ROWS=""
 for t in $ALL_TARGETS; do
   [ -n "${RPS[$t]:-}" ] || continue
-  ROWS+="$t|${RPS[$t]}|$(fmt_us "${P50[$t]}")|$(fmt_us "${P99[$t]}")|${REQS[$t]:-}|${ERRS[$t]:-}|${STARTUP[$t]:-}"$'\n'
+  ROWS+="$t|${RPS[$t]}|$(fmt_us "${P50[$t]}")|$(fmt_us "${P99[$t]}")|${REQS[$t]:-}|${ERRS[$t]:-}|${PCPU[$t]:--}|${OCPU[$t]:--}|${STARTUP[$t]:-}"$'\n'
 done
 
 RATIOS=""
@@ -435,7 +485,7 @@ add_ratio "stoa-preset / stoa" stoa-preset stoa
 RSSROWS=""
 for t in nginx bare stoa stoa-preset; do
   [ -n "${RSS_IDLE[$t]:-}" ] || continue
-  RSSROWS+="$t|$(mib "${RSS_IDLE[$t]}")|$(mib "${RSS_PEAK[$t]}")|$(mib "${RSS_AFTER[$t]}")|$(mib "${RSS_HWM[$t]}")|${RSS_REQS[$t]:-}"$'\n'
+  RSSROWS+="$t|$(mib "${RSS_IDLE[$t]}")|$(mib "${RSS_OPEN[$t]:-0}")|$(mib "${RSS_PEAK[$t]}")|$(mib "${RSS_AFTER[$t]}")|$(mib "${RSS_HWM[$t]}")|${RSS_REQS[$t]:-}"$'\n'
 done
 
 print_table() { # print_table HEADER ROWS
@@ -452,7 +502,7 @@ DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 echo
 echo "== throughput / latency: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (proxy on cpu $PROXY_CPU; upstream + wrk on cpu $LOAD_CPU)"
-print_table "target|req/s|p50|p99|requests|errors|start->200 ms" "$ROWS"
+print_table "target|req/s|p50|p99|requests|errors|proxy cpu%|other cpu$PROXY_CPU%|start->200 ms" "$ROWS"
 if [ -n "$RATIOS" ]; then
   echo
   echo "== ratios (req/s ratio > 1 = faster; latency ratio < 1 = faster)"
@@ -461,7 +511,7 @@ fi
 if [ -n "$RSSROWS" ]; then
   echo
   echo "== memory: $RSS_REQUESTS requests over $RSS_CONNECTIONS connections (MiB)"
-  print_table "target|RSS idle|RSS peak (sampled)|RSS after|VmHWM|requests" "$RSSROWS"
+  print_table "target|idle|at ${RSS_REQUESTS} reqs, conns open|peak (sampled)|after close|VmHWM|requests" "$RSSROWS"
 fi
 for k in _global $ALL_TARGETS; do
   [ -n "${NOTE[$k]:-}" ] && echo "note ($k): ${NOTE[$k]}"
@@ -481,13 +531,15 @@ mkdir -p "$(dirname "$RESULTS")"
   echo
   echo "- Machine: $(nproc) CPUs, $HOST_CPU, kernel $(uname -r)"
   echo "- Proxy under test pinned to CPU $PROXY_CPU, one worker thread; upstream (nginx, 1 worker, \`return 200 \"ok\\n\"\`) and wrk pinned to CPU $LOAD_CPU"
-  echo "- Load: \`wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency\` after a $WARMUP warmup, HTTP/1.1 keep-alive, plaintext"
+  echo "- Load: \`wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency\` after a $WARMUP warmup, HTTP/1.1 keep-alive, plaintext; $RUNS run(s) per target, median req/s run shown"
   echo "- Targets: direct = wrk straight to the upstream; nginx = 1 worker, \`proxy_pass\` with an upstream keepalive pool; bare = \`benches/bare_pingora.rs\` (Pingora, no filters, mimalloc, 1 thread); stoa = \`stoa-gateway -c benches/stoa-bench.yaml\` (1 thread, a single router route); stoa-preset = \`stoa-gateway --mode=proxy --port --upstream --admin-address\` (the shipped preset: request_id, access_log to stdout (/dev/null), router)"
   echo "- Tools: nginx $NGINX_VERSION, $WRK_VERSION${STOA_VERSION:+, $STOA_VERSION}"
   echo
   echo "## Throughput and latency"
   echo
-  md_table "target|req/s|p50|p99|requests|errors|start → first proxied 200 (ms)" "$ROWS"
+  md_table "target|req/s|p50|p99|requests|errors|proxy CPU %|other CPU $PROXY_CPU %|start → first proxied 200 (ms)" "$ROWS"
+  echo
+  echo "proxy CPU % = the proxy process's share of CPU $PROXY_CPU during the measured run (about 100 = the proxy was the bottleneck; lower = wrk/upstream on CPU $LOAD_CPU were). other CPU $PROXY_CPU % = user+system time on that core not used by the proxy (other processes; irq/softirq excluded): well above 0 means the run was disturbed."
   if [ -n "$RATIOS" ]; then
     echo
     echo "## Ratios"
@@ -500,9 +552,9 @@ mkdir -p "$(dirname "$RESULTS")"
     echo
     echo "## Memory"
     echo
-    echo "$RSS_REQUESTS requests over $RSS_CONNECTIONS keep-alive connections (\`wrk -t1 -c$RSS_CONNECTIONS\`, stopped after $RSS_REQUESTS responses). nginx: its one worker process. MiB; peak sampled every 50 ms during the run; \"after\" once the connections are closed; VmHWM = process high-water mark."
+    echo "$RSS_REQUESTS requests over $RSS_CONNECTIONS keep-alive connections (\`wrk -t1 -c$RSS_CONNECTIONS\`, stopped after $RSS_REQUESTS responses with the connections still open). nginx: its one worker process. MiB (VmRSS); peak sampled every 50 ms during the run; \"after close\" 0.5 s after wrk exits; VmHWM = the process's high-water mark."
     echo
-    md_table "target|RSS idle|RSS peak|RSS after|VmHWM|requests" "$RSSROWS"
+    md_table "target|RSS idle|RSS at $RSS_REQUESTS requests, $RSS_CONNECTIONS connections open|RSS peak (sampled)|RSS after close|VmHWM|requests" "$RSSROWS"
   fi
   notes=""
   for k in _global $ALL_TARGETS; do
