@@ -76,6 +76,17 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((RSS_CONNECTIONS * 
   log "warning: ulimit -n is $(ulimit -n); RSS phase with $RSS_CONNECTIONS connections may hit EMFILE"
 fi
 
+# One benchmark at a time on this machine: concurrent runs share the pinned
+# cores and ruin each other's figures.
+LOCK="${LOCK:-/tmp/stoa-load.lock}"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$LOCK"
+  if ! flock -n 9; then
+    log "another load.sh run holds $LOCK; waiting (up to 15 min)"
+    flock -w 900 9 || die "still locked after 15 min"
+  fi
+fi
+
 if [ "$BUILD" = 1 ]; then
   log "building (release, fat LTO: slow)"
   cargo build --release --bin stoa-gateway --example bare_pingora || die "cargo build failed"
@@ -122,18 +133,23 @@ forget_pid() {
   PIDS=("${keep[@]}")
 }
 
-# Ports: random unused loopback ports (bounded tries).
+# Ports: random unused loopback ports below the kernel's ephemeral range (wrk's
+# 1000 client sockets take ephemeral ports; a listener there could fail to bind).
+EPH_LOW="$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)"
+[ "${EPH_LOW:-0}" -gt 12000 ] 2>/dev/null || EPH_LOW=32768
 USED_PORTS=" "
 free_port() {
   local i p
   for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((10000 + RANDOM % (EPH_LOW - 10000)))
     case "$USED_PORTS" in *" $p "*) continue ;; esac
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      USED_PORTS="$USED_PORTS$p "
-      echo "$p"
-      return 0
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
+    if command -v ss >/dev/null 2>&1 && [ -n "$(ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null)" ]; then
+      continue
     fi
+    USED_PORTS="$USED_PORTS$p "
+    echo "$p"
+    return 0
   done
   die "no free port found"
 }
@@ -231,7 +247,7 @@ to_us() { # "123.4us" | "1.2ms" | "2.00s" -> microseconds
 }
 fmt_us() { awk -v u="$1" 'BEGIN { if (u == "nan" || u == "") print "-"; else if (u < 1000) printf "%.0fus", u; else printf "%.2fms", u / 1000 }'; }
 
-declare -A RPS P50 P99 REQS ERRS PCPU OCPU STARTUP RSS_IDLE RSS_PEAK RSS_OPEN RSS_AFTER RSS_HWM RSS_REQS NOTE
+declare -A RPS P50 P99 REQS ERRS PCPU BUSY EFF STARTUP RSS_IDLE RSS_PEAK RSS_OPEN RSS_AFTER RSS_HWM RSS_REQS NOTE
 
 run_wrk() { # run_wrk OUTFILE CONNS DURATION URL [extra wrk args]
   local out="$1" c="$2" d="$3" url="$4"
@@ -239,10 +255,11 @@ run_wrk() { # run_wrk OUTFILE CONNS DURATION URL [extra wrk args]
   taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$c" -d"$d" --latency "$@" "$url" >"$out" 2>&1
 }
 
-# CPU accounting on the proxy's core, to tell whether the proxy was the
-# bottleneck (proxy ~100%) and whether something else used its core.
-cpu_jiffies() { # cpu_jiffies CPU -> "busy_without_irq total"
-  awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
+# CPU accounting on the proxy's core: the proxy's own share (user+system
+# charged to it) and the core's total busy share (adds softirq work not
+# charged to it, and anything else that ran there).
+cpu_jiffies() { # cpu_jiffies CPU -> "busy total" (busy: all but idle and iowait)
+  awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
 }
 proc_jiffies() { # utime + stime of the whole process
   sed 's/^.*) //' /proc/"$1"/stat 2>/dev/null | awk '{ print $12 + $13 }' || echo 0
@@ -274,18 +291,18 @@ measure() { # measure NAME URL [PROXY_PID]
       # proxy CPU % of its core, and other (non-irq) busy % on that core
       line="$line $(awk -v a="$c0" -v b="$c1" -v p0="$p0" -v p1="$p1" 'BEGIN {
         split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; if (t <= 0) t = 1
-        printf "%.0f %.0f", (p1 - p0) * 100 / t, ((y[1] - x[1]) - (p1 - p0)) * 100 / t }')"
+        printf "%.0f %.0f", (p1 - p0) * 100 / t, (y[1] - x[1]) * 100 / t }')"
     else
       line="$line - -"
     fi
-    log "$name: run $run: $line (req/s p50us p99us requests errors proxy-cpu% other-cpu%)"
+    log "$name: run $run: $line (req/s p50us p99us requests errors proxy-cpu% cpu$PROXY_CPU-busy%)"
     [ -n "${line%% *}" ] || { log "$name: wrk produced no result:"; cat "$out" >&2; line="0 nan nan 0 0 - -"; }
     results+="$line"$'\n'
   done
   # keep the run with the median req/s
   line="$(printf '%s' "$results" | sort -n -k1,1 | awk -v n="$RUNS" 'NR == int((n + 1) / 2)')"
-  read -r RPS[$name] P50[$name] P99[$name] REQS[$name] ERRS[$name] PCPU[$name] OCPU[$name] <<<"$line"
-  log "$name: ${RPS[$name]} req/s, p50 $(fmt_us "${P50[$name]}"), p99 $(fmt_us "${P99[$name]}"), errors ${ERRS[$name]}, proxy cpu ${PCPU[$name]}%, other on cpu $PROXY_CPU: ${OCPU[$name]}%"
+  read -r RPS[$name] P50[$name] P99[$name] REQS[$name] ERRS[$name] PCPU[$name] BUSY[$name] <<<"$line"
+  log "$name: ${RPS[$name]} req/s, p50 $(fmt_us "${P50[$name]}"), p99 $(fmt_us "${P99[$name]}"), errors ${ERRS[$name]}, proxy cpu ${PCPU[$name]}%, cpu $PROXY_CPU busy ${BUSY[$name]}%"
 }
 
 rss_phase() { # rss_phase NAME PID URL
@@ -334,10 +351,14 @@ wait_ok "http://127.0.0.1:$UP_PORT/" "$UP_PID" >/dev/null \
   || die "upstream nginx did not come up: $(cat "$TMP/upstream/logs/"*.log)"
 log "upstream nginx on 127.0.0.1:$UP_PORT (cpu $LOAD_CPU)"
 
-LOAD1="$(cut -d' ' -f1 /proc/loadavg)"
-if awk -v l="$LOAD1" 'BEGIN { exit !(l > 0.7) }'; then
-  log "warning: 1-min load average is $LOAD1 before the run: results will be noisy"
-  NOTE[_global]="1-min load average before the run was $LOAD1 (other work on the machine); figures are noisy. "
+# Is something else using the machine? (1 s sample of all CPUs, before any load)
+IDLE_CHECK="$(awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)"
+sleep 1
+BUSY_BEFORE="$(awk -v a="$IDLE_CHECK" '$1 == "cpu" { split(a, x, " "); t = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 - x[2]; if (t <= 0) t = 1;
+  printf "%.0f", ($2 + $3 + $4 + $7 + $8 + $9 - x[1]) * 100 / t }' /proc/stat)"
+if [ "${BUSY_BEFORE:-0}" -gt 10 ]; then
+  log "warning: the machine was ${BUSY_BEFORE}% busy before the run (other work): results will be noisy"
+  NOTE[_global]="the machine was ${BUSY_BEFORE}% busy (all CPUs, 1 s sample) before the run: other work competed, figures are noisy. "
 fi
 
 # run_proxy NAME: start, time to first 200, measure, optional RSS phase, stop.
@@ -464,17 +485,19 @@ pct() { awk -v r="$1" 'BEGIN { if (r == "-") print ""; else printf " (%+.0f%%)",
 ROWS=""
 for t in $ALL_TARGETS; do
   [ -n "${RPS[$t]:-}" ] || continue
-  ROWS+="$t|${RPS[$t]}|$(fmt_us "${P50[$t]}")|$(fmt_us "${P99[$t]}")|${REQS[$t]:-}|${ERRS[$t]:-}|${PCPU[$t]:--}|${OCPU[$t]:--}|${STARTUP[$t]:-}"$'\n'
+  EFF[$t]="$(awk -v r="${RPS[$t]}" -v c="${PCPU[$t]:--}" 'BEGIN { if (c == "-" || c + 0 <= 0) print "-"; else printf "%.0f", r * 100 / c }')"
+  ROWS+="$t|${RPS[$t]}|$(fmt_us "${P50[$t]}")|$(fmt_us "${P99[$t]}")|${REQS[$t]:-}|${ERRS[$t]:-}|${PCPU[$t]:--}|${BUSY[$t]:--}|${EFF[$t]}|${STARTUP[$t]:-}"$'\n'
 done
 
 RATIOS=""
 add_ratio() { # add_ratio LABEL A B
-  local a="$2" b="$3" r1 r2 r3
+  local a="$2" b="$3" r1 r2 r3 r4
   [ -n "${RPS[$a]:-}" ] && [ -n "${RPS[$b]:-}" ] || return 0
   r1="$(ratio "${RPS[$a]}" "${RPS[$b]}")"
   r2="$(ratio "${P50[$a]}" "${P50[$b]}")"
   r3="$(ratio "${P99[$a]}" "${P99[$b]}")"
-  RATIOS+="$1|$r1$(pct "$r1")|$r2|$r3"$'\n'
+  r4="$(ratio "${EFF[$a]/-/}" "${EFF[$b]/-/}")"
+  RATIOS+="$1|$r1$(pct "$r1")|$r4$(pct "$r4")|$r2|$r3"$'\n'
 }
 add_ratio "stoa / bare pingora" stoa bare
 add_ratio "stoa / nginx" stoa nginx
@@ -502,11 +525,11 @@ DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 echo
 echo "== throughput / latency: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (proxy on cpu $PROXY_CPU; upstream + wrk on cpu $LOAD_CPU)"
-print_table "target|req/s|p50|p99|requests|errors|proxy cpu%|other cpu$PROXY_CPU%|start->200 ms" "$ROWS"
+print_table "target|req/s|p50|p99|requests|errors|proxy cpu%|cpu$PROXY_CPU busy%|req/proxy-cpu-s|start->200 ms" "$ROWS"
 if [ -n "$RATIOS" ]; then
   echo
   echo "== ratios (req/s ratio > 1 = faster; latency ratio < 1 = faster)"
-  print_table "ratio|req/s|p50|p99" "$RATIOS"
+  print_table "ratio|req/s|req/proxy-cpu-s|p50|p99" "$RATIOS"
 fi
 if [ -n "$RSSROWS" ]; then
   echo
@@ -537,16 +560,16 @@ mkdir -p "$(dirname "$RESULTS")"
   echo
   echo "## Throughput and latency"
   echo
-  md_table "target|req/s|p50|p99|requests|errors|proxy CPU %|other CPU $PROXY_CPU %|start → first proxied 200 (ms)" "$ROWS"
+  md_table "target|req/s|p50|p99|requests|errors|proxy CPU %|CPU $PROXY_CPU busy %|req per proxy CPU second|start → first proxied 200 (ms)" "$ROWS"
   echo
-  echo "proxy CPU % = the proxy process's share of CPU $PROXY_CPU during the measured run (about 100 = the proxy was the bottleneck; lower = wrk/upstream on CPU $LOAD_CPU were). other CPU $PROXY_CPU % = user+system time on that core not used by the proxy (other processes; irq/softirq excluded): well above 0 means the run was disturbed."
+  echo "proxy CPU % = CPU time charged to the proxy process during the measured run, as a share of CPU $PROXY_CPU. CPU $PROXY_CPU busy % = everything that ran on that core: the proxy, loopback softirq work not charged to it, and any other load. Proxy CPU well below 100 with the core not busy means the proxy was not the bottleneck (wrk and the upstream on CPU $LOAD_CPU were) and its req/s understates it; busy ≫ proxy CPU means something else competed for the core. req per proxy CPU second = req/s ÷ proxy CPU share: the proxy's efficiency, comparable even when a proxy was not saturated (approximate: how much softirq work the kernel charges to the process differs between a busy and an idle process)."
   if [ -n "$RATIOS" ]; then
     echo
     echo "## Ratios"
     echo
     echo "req/s ratio above 1 means the first is faster; latency ratios below 1 mean the first is faster."
     echo
-    md_table "ratio|req/s|p50|p99" "$RATIOS"
+    md_table "ratio|req/s|req per proxy CPU second|p50|p99" "$RATIOS"
   fi
   if [ -n "$RSSROWS" ]; then
     echo
