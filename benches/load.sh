@@ -16,9 +16,12 @@
 #   stoa-preset  wrk -> stoa-gateway --mode=proxy --port=P --upstream=URL
 #            --admin-address A (the shipped preset: request_id + access_log to
 #            stdout (sent to /dev/null here) + router)
-# Also measured for nginx (worker), bare and stoa: start -> first proxied 200 (ms), and RSS
-# idle / peak / after while RSS_REQUESTS requests go over RSS_CONNECTIONS
-# connections.
+# Reported per target: req/s, p50, p99, errors, the proxy's CPU share and its
+# core's busy share (to spot a proxy that was not the bottleneck, or a run
+# disturbed by other load), and for the proxies: start -> first proxied 200
+# (ms, polled with curl) and RSS (idle; after RSS_REQUESTS requests over
+# RSS_CONNECTIONS connections that are still open; peak; after they close).
+# Printed as tables and written as markdown to RESULTS.
 #
 # Needs: nginx (/usr/sbin/nginx), wrk, curl, taskset. Binaries are built with
 #   cargo build --release --bin stoa-gateway --example bare_pingora
@@ -27,7 +30,9 @@
 #
 # Environment (defaults in brackets):
 #   DURATION [10s]  CONNECTIONS [50]  WRK_THREADS [1]  WARMUP [2s]
-#   RUNS [1]  (wrk runs per target; the run with the median req/s is reported)
+#   RUNS [3]  wrk runs per target; PICK [best]: report the run with the
+#             highest req/s (other load on a shared machine only slows runs
+#             down), or PICK=median
 #   RSS_CONNECTIONS [1000]  RSS_REQUESTS [100000]  RSS_MAX_DURATION [120s]
 #   STOA_BIN [target/release/stoa-gateway]
 #   BARE_BIN [target/release/examples/bare_pingora]
@@ -47,7 +52,8 @@ DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-50}"
 WRK_THREADS="${WRK_THREADS:-1}"
 WARMUP="${WARMUP:-2s}"
-RUNS="${RUNS:-1}"
+RUNS="${RUNS:-3}"
+PICK="${PICK:-best}"
 RSS_CONNECTIONS="${RSS_CONNECTIONS:-1000}"
 RSS_REQUESTS="${RSS_REQUESTS:-100000}"
 RSS_MAX_DURATION="${RSS_MAX_DURATION:-120s}"
@@ -121,7 +127,8 @@ stop_pid() {
 
 cleanup() {
   local p
-  for p in "${PIDS[@]}"; do stop_pid "$p" TERM; done
+  # SIGINT: fast shutdown for nginx and Pingora (Pingora's SIGTERM waits out a grace period)
+  for p in "${PIDS[@]}"; do stop_pid "$p" INT; done
   if [ "$KEEP_TMP" = 1 ]; then log "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
@@ -247,7 +254,7 @@ to_us() { # "123.4us" | "1.2ms" | "2.00s" -> microseconds
 }
 fmt_us() { awk -v u="$1" 'BEGIN { if (u == "nan" || u == "") print "-"; else if (u < 1000) printf "%.0fus", u; else printf "%.2fms", u / 1000 }'; }
 
-declare -A RPS P50 P99 REQS ERRS PCPU BUSY EFF STARTUP RSS_IDLE RSS_PEAK RSS_OPEN RSS_AFTER RSS_HWM RSS_REQS NOTE
+declare -A ALLRUNS RPS P50 P99 REQS ERRS PCPU BUSY EFF STARTUP RSS_IDLE RSS_PEAK RSS_OPEN RSS_AFTER RSS_HWM RSS_REQS NOTE
 
 run_wrk() { # run_wrk OUTFILE CONNS DURATION URL [extra wrk args]
   local out="$1" c="$2" d="$3" url="$4"
@@ -299,8 +306,12 @@ measure() { # measure NAME URL [PROXY_PID]
     [ -n "${line%% *}" ] || { log "$name: wrk produced no result:"; cat "$out" >&2; line="0 nan nan 0 0 - -"; }
     results+="$line"$'\n'
   done
-  # keep the run with the median req/s
-  line="$(printf '%s' "$results" | sort -n -k1,1 | awk -v n="$RUNS" 'NR == int((n + 1) / 2)')"
+  ALLRUNS[$name]="$results"
+  if [ "$PICK" = median ]; then
+    line="$(printf '%s' "$results" | sort -n -k1,1 | awk -v n="$RUNS" 'NR == int((n + 1) / 2)')"
+  else
+    line="$(printf '%s' "$results" | sort -n -r -k1,1 | head -1)"
+  fi
   read -r RPS[$name] P50[$name] P99[$name] REQS[$name] ERRS[$name] PCPU[$name] BUSY[$name] <<<"$line"
   log "$name: ${RPS[$name]} req/s, p50 $(fmt_us "${P50[$name]}"), p99 $(fmt_us "${P99[$name]}"), errors ${ERRS[$name]}, proxy cpu ${PCPU[$name]}%, cpu $PROXY_CPU busy ${BUSY[$name]}%"
 }
@@ -508,7 +519,7 @@ add_ratio "stoa-preset / stoa" stoa-preset stoa
 RSSROWS=""
 for t in nginx bare stoa stoa-preset; do
   [ -n "${RSS_IDLE[$t]:-}" ] || continue
-  RSSROWS+="$t|$(mib "${RSS_IDLE[$t]}")|$(mib "${RSS_OPEN[$t]:-0}")|$(mib "${RSS_PEAK[$t]}")|$(mib "${RSS_AFTER[$t]}")|$(mib "${RSS_HWM[$t]}")|${RSS_REQS[$t]:-}"$'\n'
+  RSSROWS+="$t|$(mib "${RSS_IDLE[$t]}")|$( [ -n "${RSS_OPEN[$t]:-}" ] && mib "${RSS_OPEN[$t]}" || echo -)|$(mib "${RSS_PEAK[$t]}")|$(mib "${RSS_AFTER[$t]}")|$(mib "${RSS_HWM[$t]}")|${RSS_REQS[$t]:-}"$'\n'
 done
 
 print_table() { # print_table HEADER ROWS
@@ -554,7 +565,7 @@ mkdir -p "$(dirname "$RESULTS")"
   echo
   echo "- Machine: $(nproc) CPUs, $HOST_CPU, kernel $(uname -r)"
   echo "- Proxy under test pinned to CPU $PROXY_CPU, one worker thread; upstream (nginx, 1 worker, \`return 200 \"ok\\n\"\`) and wrk pinned to CPU $LOAD_CPU"
-  echo "- Load: \`wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency\` after a $WARMUP warmup, HTTP/1.1 keep-alive, plaintext; $RUNS run(s) per target, median req/s run shown"
+  echo "- Load: \`wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency\` after a $WARMUP warmup, HTTP/1.1 keep-alive, plaintext; $RUNS run(s) per target, the $( [ "$PICK" = median ] && echo "median" || echo "best (highest req/s)") run shown (all runs listed at the end)"
   echo "- Targets: direct = wrk straight to the upstream; nginx = 1 worker, \`proxy_pass\` with an upstream keepalive pool; bare = \`benches/bare_pingora.rs\` (Pingora, no filters, mimalloc, 1 thread); stoa = \`stoa-gateway -c benches/stoa-bench.yaml\` (1 thread, a single router route); stoa-preset = \`stoa-gateway --mode=proxy --port --upstream --admin-address\` (the shipped preset: request_id, access_log to stdout (/dev/null), router)"
   echo "- Tools: nginx $NGINX_VERSION, $WRK_VERSION${STOA_VERSION:+, $STOA_VERSION}"
   echo
@@ -579,6 +590,19 @@ mkdir -p "$(dirname "$RESULTS")"
     echo
     md_table "target|RSS idle|RSS at $RSS_REQUESTS requests, $RSS_CONNECTIONS connections open|RSS peak (sampled)|RSS after close|VmHWM|requests" "$RSSROWS"
   fi
+  echo
+  echo "## All runs"
+  echo
+  echo "| target | run | req/s | p50 | p99 | requests | errors | proxy CPU % | CPU $PROXY_CPU busy % |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  for t in $ALL_TARGETS; do
+    [ -n "${ALLRUNS[$t]:-}" ] || continue
+    n=0
+    printf '%s' "${ALLRUNS[$t]}" | while read -r r p5 p9 rq er pc bz; do
+      n=$((n + 1))
+      echo "| $t | $n | $r | $(fmt_us "$p5") | $(fmt_us "$p9") | $rq | $er | $pc | $bz |"
+    done
+  done
   notes=""
   for k in _global $ALL_TARGETS; do
     [ -n "${NOTE[$k]:-}" ] && notes+="- $k: ${NOTE[$k]}"$'\n'
