@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use pingora_core::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
@@ -36,11 +36,34 @@ pub struct HeadersConfig {
     pub response: HeaderOpsConfig,
 }
 
+/// A header value: fixed values are built once at config load, templates per request.
+enum ValueSource {
+    Fixed(HeaderValue),
+    Template(Template),
+}
+
+impl ValueSource {
+    fn value(&self, session: &Session, ctx: &RequestCtx) -> Result<HeaderValue> {
+        match self {
+            ValueSource::Fixed(v) => Ok(v.clone()),
+            ValueSource::Template(t) => {
+                HeaderValue::from_str(&t.render(session, ctx)).map_err(|e| {
+                    pingora_core::Error::because(
+                        pingora_core::ErrorType::InternalError,
+                        "templated header value",
+                        e,
+                    )
+                })
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct HeaderOps {
     remove: Vec<HeaderName>,
-    set: Vec<(HeaderName, Template)>,
-    add: Vec<(HeaderName, Template)>,
+    set: Vec<(HeaderName, ValueSource)>,
+    add: Vec<(HeaderName, ValueSource)>,
 }
 
 impl HeaderOps {
@@ -49,8 +72,15 @@ impl HeaderOps {
             HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| format!("{side}.{op}: invalid header name `{k}`"))
         };
-        let tpl = |k: &str, v: &str, op: &str| {
-            Template::parse(v).map_err(|e| format!("{side}.{op}.{k}: {e}"))
+        let tpl = |k: &str, v: &str, op: &str| -> std::result::Result<ValueSource, String> {
+            let t = Template::parse(v).map_err(|e| format!("{side}.{op}.{k}: {e}"))?;
+            if t.is_literal() {
+                HeaderValue::from_str(v)
+                    .map(ValueSource::Fixed)
+                    .map_err(|_| format!("{side}.{op}.{k}: invalid header value"))
+            } else {
+                Ok(ValueSource::Template(t))
+            }
         };
         Ok(HeaderOps {
             remove: cfg
@@ -117,10 +147,10 @@ impl Filter for Headers {
             upstream.remove_header(name);
         }
         for (name, value) in &self.request.set {
-            upstream.insert_header(name.clone(), value.render(session, ctx))?;
+            upstream.insert_header(name.clone(), value.value(session, ctx)?)?;
         }
         for (name, value) in &self.request.add {
-            upstream.append_header(name.clone(), value.render(session, ctx))?;
+            upstream.append_header(name.clone(), value.value(session, ctx)?)?;
         }
         Ok(())
     }
@@ -135,10 +165,10 @@ impl Filter for Headers {
             response.remove_header(name);
         }
         for (name, value) in &self.response.set {
-            response.insert_header(name.clone(), value.render(session, ctx))?;
+            response.insert_header(name.clone(), value.value(session, ctx)?)?;
         }
         for (name, value) in &self.response.add {
-            response.append_header(name.clone(), value.render(session, ctx))?;
+            response.append_header(name.clone(), value.value(session, ctx)?)?;
         }
         Ok(())
     }

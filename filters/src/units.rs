@@ -13,9 +13,6 @@ impl HumanDuration {
     pub fn from_secs(s: u64) -> Self {
         HumanDuration(Duration::from_secs(s))
     }
-    pub fn from_millis(ms: u64) -> Self {
-        HumanDuration(Duration::from_millis(ms))
-    }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
