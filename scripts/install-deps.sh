@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building, testing and benchmarking stoa-gateway need, idempotently:
 # Debian packages (cmake and OpenSSL headers for Pingora, openssl for test certificates,
-# nginx and wrk for the load benchmark) and cargo-nextest when it is missing.
+# nginx and wrk for the load benchmark, redis-server for the Redis rate-limiting integration
+# tests, which start a real redis-server per test) and cargo-nextest when it is missing.
 set -euo pipefail
 
-packages=(cmake pkg-config libssl-dev openssl curl nginx-light wrk)
+packages=(cmake pkg-config libssl-dev openssl curl nginx-light wrk redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

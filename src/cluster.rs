@@ -60,6 +60,7 @@ pub struct Cluster {
     peer_template: HttpPeer,
     tls: bool,
     sni: Option<String>,
+    pub breaker: Option<crate::circuit::CircuitBreaker>,
 }
 
 impl Cluster {
@@ -210,6 +211,13 @@ impl Cluster {
             peer_template,
             tls: cfg.tls.is_some(),
             sni,
+            breaker: match &cfg.circuit_breaker {
+                Some(b) => {
+                    b.validate()?;
+                    Some(crate::circuit::CircuitBreaker::new(name, b.clone()))
+                }
+                None => None,
+            },
         })
     }
 

@@ -193,6 +193,9 @@ pub struct ClusterConfig {
     /// h2 via ALPN (TLS) or h2c with prior knowledge (plaintext).
     #[serde(default)]
     pub http2: bool,
+    /// Fast 503s while the cluster keeps failing (see `circuit.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<crate::circuit::CircuitBreakerConfig>,
 }
 
 fn default_retries() -> u32 {

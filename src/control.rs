@@ -87,6 +87,7 @@ impl ControlPlane {
                     warn!("first health checks of the new config took too long; swapping anyway");
                 }
                 let version = state.version;
+                state.activate();
                 self.state.store(Arc::new(state));
                 METRICS.reloads.with_label_values(&["ok"]).inc();
                 info!(version, trigger, "config reloaded");
@@ -153,6 +154,7 @@ impl BackgroundService for ControlPlane {
                 None
             }
         };
+        self.state.load().activate();
         let health = tokio::spawn(health_loop(self.state.clone(), shutdown.clone()));
         loop {
             tokio::select! {

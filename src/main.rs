@@ -3,6 +3,7 @@
 //! and the control plane (reload + health checks) into a Pingora server.
 
 mod admin;
+mod circuit;
 mod cluster;
 mod config;
 mod control;
@@ -67,6 +68,23 @@ struct Cli {
     /// Worker threads per listener (overrides server.threads).
     #[arg(long, env = "GATEWAY_THREADS")]
     threads: Option<usize>,
+    /// Keycloak base URL; with --keycloak-realm, the proxy, edge-mcp and sidecar presets verify
+    /// bearer tokens (issuer <url>/realms/<realm>, keys by OIDC discovery).
+    #[arg(long, env = "KEYCLOAK_URL")]
+    keycloak_url: Option<String>,
+    /// Keycloak realm.
+    #[arg(long, env = "KEYCLOAK_REALM")]
+    keycloak_realm: Option<String>,
+    /// Keycloak client id: the audience tokens must carry.
+    #[arg(long, env = "KEYCLOAK_CLIENT_ID")]
+    keycloak_client_id: Option<String>,
+    /// External OPA server for the proxy preset's `opa` filter (and for `opa` filters that set
+    /// neither `policy` nor `endpoint`).
+    #[arg(long, env = "PROXY_OPA_ENDPOINT")]
+    opa_endpoint: Option<String>,
+    /// Run the Rego unit tests (`test_` rules) of a policy directory or file, then exit.
+    #[arg(long, value_name = "DIR")]
+    test_policies: Option<PathBuf>,
     /// Validate the config, print each listener's effective chain, and exit 0 (valid) or 1.
     #[arg(long)]
     check: bool,
@@ -80,6 +98,13 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(dir) = &cli.test_policies {
+        std::process::exit(test_policies(dir));
+    }
+    if let Some(endpoint) = &cli.opa_endpoint {
+        // `opa` filters without `policy`/`endpoint` read it from the environment.
+        std::env::set_var(stoa_filters::opa::OPA_ENDPOINT_ENV, endpoint);
+    }
     let overrides = Overrides {
         port: cli.port,
         admin_address: cli.admin_address.clone(),
@@ -153,6 +178,15 @@ fn load_config(cli: &Cli) -> Result<GatewayConfig, String> {
         port: cli.port.unwrap_or(presets::default_port(mode)),
         upstream,
         admin_address: &admin,
+        keycloak: match (&cli.keycloak_url, &cli.keycloak_realm) {
+            (Some(url), Some(realm)) => Some(presets::Keycloak {
+                url,
+                realm,
+                client_id: cli.keycloak_client_id.as_deref(),
+            }),
+            _ => None,
+        },
+        opa_endpoint: cli.opa_endpoint.as_deref(),
     })
     .map_err(|e| e.to_string())
 }
@@ -239,4 +273,30 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
         "stoa-gateway starting"
     );
     server.run_forever()
+}
+
+/// `--test-policies`: run a policy directory's Rego unit tests through regorus, like `opa test`.
+fn test_policies(dir: &std::path::Path) -> i32 {
+    match stoa_filters::opa::run_rego_tests(dir) {
+        Err(e) => {
+            eprintln!("stoa-gateway: {e}");
+            2
+        }
+        Ok(results) => {
+            let failed = results.iter().filter(|r| !r.passed).count();
+            for r in &results {
+                let mark = if r.passed { "PASS" } else { "FAIL" };
+                match &r.error {
+                    Some(e) => println!("{mark} {} ({e})", r.name),
+                    None => println!("{mark} {}", r.name),
+                }
+            }
+            println!("{} passed, {failed} failed", results.len() - failed);
+            if results.is_empty() {
+                eprintln!("stoa-gateway: no test_ rules found in {}", dir.display());
+                return 1;
+            }
+            i32::from(failed > 0)
+        }
+    }
 }

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     pub reloads: IntCounterVec,
     pub upstream_failures: IntCounterVec,
+    pub breaker_state: IntGaugeVec,
+    pub breaker_transitions: IntCounterVec,
 }
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
@@ -64,6 +66,20 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         registry
     )
     .expect("metric");
+    let breaker_state = register_int_gauge_vec_with_registry!(
+        "stoa_circuit_breaker_state",
+        "Circuit breaker state by cluster: 0 closed, 1 open, 2 half-open",
+        &["cluster"],
+        registry
+    )
+    .expect("metric");
+    let breaker_transitions = register_int_counter_vec_with_registry!(
+        "stoa_circuit_breaker_transitions_total",
+        "Circuit breaker state changes, by cluster and new state",
+        &["cluster", "state"],
+        registry
+    )
+    .expect("metric");
     // Make the reload counters visible before the first reload.
     reloads.with_label_values(&["ok"]);
     reloads.with_label_values(&["error"]);
@@ -75,6 +91,8 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         rejections,
         reloads,
         upstream_failures,
+        breaker_state,
+        breaker_transitions,
     }
 });
 
@@ -83,6 +101,10 @@ impl Metrics {
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(8192);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(
+            &stoa_filters::metrics::FILTER_METRICS.registry.gather(),
+            &mut buf,
+        );
         let dropped =
             stoa_filters::access_log::ACCESS_LOG_DROPPED.load(std::sync::atomic::Ordering::Relaxed);
         buf.extend_from_slice(

@@ -9,6 +9,21 @@ pub struct PresetArgs<'a> {
     pub port: u16,
     pub upstream: Option<&'a str>,
     pub admin_address: &'a str,
+    /// `KEYCLOAK_URL` + `KEYCLOAK_REALM` (+ `KEYCLOAK_CLIENT_ID`): verify bearer tokens.
+    pub keycloak: Option<Keycloak<'a>>,
+    /// `PROXY_OPA_ENDPOINT`: the proxy preset asks this OPA server about every request.
+    pub opa_endpoint: Option<&'a str>,
+}
+
+pub struct Keycloak<'a> {
+    pub url: &'a str,
+    pub realm: &'a str,
+    pub client_id: Option<&'a str>,
+}
+
+/// A YAML double-quoted string.
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
 }
 
 /// The default listening port of each mode (seed 004: edge-mcp on 3001).
@@ -67,8 +82,27 @@ pub fn preset_yaml(a: &PresetArgs) -> Result<String, String> {
         Mode::EdgeMcp => "    - type: cors\n      allow_origins: [\"*\"]\n      allow_headers: [authorization, content-type, mcp-session-id, mcp-protocol-version]\n      expose_headers: [mcp-session-id]\n",
         _ => "",
     };
+    // Seed 004: the Keycloak variables apply to every mode that serves clients directly.
+    let mut security = String::new();
+    if let (Some(kc), Mode::Proxy | Mode::EdgeMcp | Mode::Sidecar) = (&a.keycloak, a.mode) {
+        let client = kc.client_id.ok_or_else(|| {
+            "KEYCLOAK_URL and KEYCLOAK_REALM are set but KEYCLOAK_CLIENT_ID is not: \
+             it is the audience tokens must carry"
+                .to_string()
+        })?;
+        let issuer = format!("{}/realms/{}", kc.url.trim_end_matches('/'), kc.realm);
+        security.push_str(&format!(
+            "    - type: jwt\n      issuer: {}\n      audiences: [{}]\n      client_id: {}\n",
+            quoted(&issuer),
+            quoted(client),
+            quoted(client)
+        ));
+    }
+    if let (Some(opa), Mode::Proxy) = (a.opa_endpoint, a.mode) {
+        security.push_str(&format!("    - type: opa\n      endpoint: {}\n", quoted(opa)));
+    }
     Ok(format!(
-        "# preset for --mode={mode}\ngateway:\n  mode: {mode}\nadmin:\n  address: \"{admin}\"\nlisteners:\n  - name: {mode}\n    address: \"0.0.0.0:{port}\"\n    chains: [{mode}]\nchains:\n  {mode}:\n    - type: request_id\n    - type: access_log\n{extra}    - type: router\n      routes:\n        - name: upstream\n          match: {{ path_prefix: / }}\n          cluster: upstream\n          preserve_host: {preserve}\nclusters:\n  upstream:\n    endpoints: [\"{endpoint}\"]{tls_block}\n",
+        "# preset for --mode={mode}\ngateway:\n  mode: {mode}\nadmin:\n  address: \"{admin}\"\nlisteners:\n  - name: {mode}\n    address: \"0.0.0.0:{port}\"\n    chains: [{mode}]\nchains:\n  {mode}:\n    - type: request_id\n    - type: access_log\n{extra}    - type: router\n      routes:\n        - name: upstream\n          match: {{ path_prefix: / }}\n          cluster: upstream\n          preserve_host: {preserve}\n{security}clusters:\n  upstream:\n    endpoints: [\"{endpoint}\"]{tls_block}\n",
         mode = a.mode,
         admin = a.admin_address,
         port = a.port,
@@ -94,11 +128,43 @@ mod tests {
                 port: 8080,
                 upstream: Some("http://127.0.0.1:9000"),
                 admin_address: "127.0.0.1:9901",
+                keycloak: None,
+                opa_endpoint: None,
             })
             .unwrap();
             cfg.validate().unwrap();
             assert_eq!(cfg.gateway.mode, Some(mode));
         }
+    }
+
+    #[test]
+    fn keycloak_env_adds_jwt_to_client_facing_modes() {
+        let args = |mode, client_id| PresetArgs {
+            mode,
+            port: 8080,
+            upstream: Some("http://127.0.0.1:9000"),
+            admin_address: "127.0.0.1:9901",
+            keycloak: Some(Keycloak {
+                url: "https://auth.example/",
+                realm: "stoa",
+                client_id,
+            }),
+            opa_endpoint: Some("http://opa:8181"),
+        };
+        let proxy = preset_yaml(&args(Mode::Proxy, Some("stoa-gateway"))).unwrap();
+        assert!(proxy.contains("type: jwt"));
+        assert!(proxy.contains("issuer: \"https://auth.example/realms/stoa\""));
+        assert!(proxy.contains("audiences: [\"stoa-gateway\"]"));
+        assert!(proxy.contains("endpoint: \"http://opa:8181\""));
+        preset(&args(Mode::Proxy, Some("stoa-gateway"))).unwrap().validate().unwrap();
+        for mode in [Mode::EdgeMcp, Mode::Sidecar] {
+            let y = preset_yaml(&args(mode, Some("c"))).unwrap();
+            assert!(y.contains("type: jwt") && !y.contains("type: opa"), "{y}");
+        }
+        assert!(!preset_yaml(&args(Mode::Shadow, Some("c"))).unwrap().contains("type: jwt"));
+        assert!(preset_yaml(&args(Mode::Proxy, None))
+            .unwrap_err()
+            .contains("KEYCLOAK_CLIENT_ID"));
     }
 
     #[test]

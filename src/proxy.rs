@@ -33,6 +33,8 @@ pub struct GatewayCtx {
     cluster: Option<Arc<Cluster>>,
     /// How many filters ran their request phase (a local answer only goes back through those).
     ran: usize,
+    /// The cluster's circuit breaker let this request through (its outcome is recorded).
+    breaker_permit: Option<crate::circuit::Permit>,
 }
 
 impl Gateway {
@@ -85,6 +87,7 @@ impl ProxyHttp for Gateway {
             chain,
             cluster: None,
             ran: 0,
+            breaker_permit: None,
         }
     }
 
@@ -105,6 +108,21 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.ran = chain.filters.len();
+        if let Some(route) = &ctx.req.route {
+            ctx.cluster = ctx.state.clusters.get(&route.cluster).cloned();
+        }
+        if let Some(breaker) = ctx.cluster.as_ref().and_then(|c| c.breaker.as_ref()) {
+            match breaker.try_acquire() {
+                Ok(permit) => ctx.breaker_permit = Some(permit),
+                Err(retry_after) => {
+                    ctx.req.reject("circuit_breaker", "open");
+                    let local = LocalResponse::json_error(503, "circuit breaker open: the upstream is failing")
+                        .with_header("retry-after", &retry_after.to_string());
+                    self.respond_local(session, ctx, local).await?;
+                    return Ok(true);
+                }
+            }
+        }
         Ok(false)
     }
 
@@ -322,6 +340,16 @@ impl ProxyHttp for Gateway {
                 .rejections
                 .with_label_values(&[r.filter, r.reason])
                 .inc();
+        }
+        if let (Some(permit), Some(cluster)) = (ctx.breaker_permit, &ctx.cluster) {
+            if let Some(breaker) = &cluster.breaker {
+                let upstream_error = e.is_some_and(|e| {
+                    e.esource() == &ErrorSource::Upstream
+                        || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500)
+                });
+                let failed = upstream_error || breaker.is_failure_status(status);
+                breaker.record(permit, !failed);
+            }
         }
         let chain = ctx.chain.clone();
         if let Some(e) = e {

@@ -104,6 +104,15 @@ impl GatewayState {
         })
     }
 
+    /// Tell every filter its config version is about to serve (starts key prefetches, ...).
+    pub fn activate(&self) {
+        for chain in &self.chains {
+            for f in &chain.filters {
+                f.activate();
+            }
+        }
+    }
+
     /// A human-readable listing of each listener's effective chain (used by `--check`).
     pub fn describe(&self) -> String {
         let mut out = String::new();

@@ -85,6 +85,12 @@ struct AccessLine<'a> {
     attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     rejected_by: Option<Rejected>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<&'a crate::context::PolicyLog>,
 }
 
 #[derive(Serialize)]
@@ -198,6 +204,9 @@ impl Filter for AccessLog {
                 filter: r.filter,
                 reason: r.reason,
             }),
+            sub: ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),
+            tenant: ctx.tenant(),
+            policy: ctx.policy.as_ref(),
         };
         let mut guard = batch.lines.lock().unwrap_or_else(|p| p.into_inner());
         if guard.len() >= self.cap {

@@ -5,6 +5,61 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// How a route treats authentication (`auth:` on a router route; read by the `jwt` filter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAuth {
+    /// A valid token is required (the default).
+    #[default]
+    Required,
+    /// A token is checked when present (a bad one is still 401); none is fine.
+    Optional,
+    /// No token is looked at.
+    Anonymous,
+}
+
+/// What a route asks of the caller's identity, beyond the `jwt` filter's own requirements.
+#[derive(Clone, Debug, Default)]
+pub struct RouteAccess {
+    pub auth: Option<RouteAuth>,
+    pub required_scopes: Vec<String>,
+    pub required_roles: Vec<String>,
+}
+
+/// The authenticated caller, from a verified token: filled by the `jwt` filter and read by
+/// `opa`, `rate_limit`, header templates and the access log.
+#[derive(Clone, Debug, Default)]
+pub struct Identity {
+    /// The `sub` claim.
+    pub subject: Option<String>,
+    /// The configured tenant claim (default `tenant`).
+    pub tenant: Option<String>,
+    /// Roles: a `roles` claim, Keycloak's `realm_access.roles` and `resource_access.<client>.roles`.
+    pub roles: Vec<String>,
+    /// Scopes from the space-separated `scope` claim (or an `scp` array).
+    pub scopes: Vec<String>,
+    /// All claims of the token.
+    pub claims: serde_json::Value,
+    /// The token's `exp` (unix seconds).
+    pub expires_at: u64,
+}
+
+impl Identity {
+    /// The claim at a dotted path (`realm_access.roles`, `tenant`), if any.
+    pub fn claim(&self, path: &str) -> Option<&serde_json::Value> {
+        path.split('.')
+            .try_fold(&self.claims, |v, part| v.get(part))
+    }
+}
+
+/// A policy decision kept for the access log (`opa` filter, sampled).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PolicyLog {
+    pub allow: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Where the router sent this request: the matched route and its cluster and rewrite rules.
 #[derive(Clone, Debug)]
 pub struct RouteTarget {
@@ -16,6 +71,8 @@ pub struct RouteTarget {
     pub upstream_path: Option<String>,
     /// Keep the client's `Host` header instead of the upstream's authority.
     pub preserve_host: bool,
+    /// The route's authentication requirements, when it sets any.
+    pub access: Option<Arc<RouteAccess>>,
 }
 
 /// Why a filter refused a request; counted as `stoa_filter_rejections_total{filter,reason}`.
@@ -47,6 +104,10 @@ pub struct RequestCtx {
     pub attempts: u32,
     /// Endpoints that failed to connect during this request (not picked again on retry).
     pub failed_endpoints: Vec<std::net::SocketAddr>,
+    /// The caller, once a `jwt` filter verified a token.
+    pub identity: Option<Arc<Identity>>,
+    /// The policy decision, when the `opa` filter chose to log it.
+    pub policy: Option<PolicyLog>,
     /// Typed per-filter state.
     pub extensions: http::Extensions,
 }
@@ -64,6 +125,8 @@ impl RequestCtx {
             rejection: None,
             attempts: 0,
             failed_endpoints: Vec::new(),
+            identity: None,
+            policy: None,
             extensions: http::Extensions::new(),
         }
     }
@@ -71,6 +134,11 @@ impl RequestCtx {
     /// The route label for metrics and logs: the matched route's name or `-`.
     pub fn route_name(&self) -> &str {
         self.route.as_ref().map(|r| &*r.route).unwrap_or("-")
+    }
+
+    /// The caller's tenant, when a verified token names one.
+    pub fn tenant(&self) -> Option<&str> {
+        self.identity.as_ref()?.tenant.as_deref()
     }
 
     pub fn reject(&mut self, filter: &'static str, reason: &'static str) {

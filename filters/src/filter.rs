@@ -69,6 +69,10 @@ pub trait Filter: Send + Sync {
     /// The phases this filter implements (a mask of `phase::*`).
     fn phases(&self) -> u8;
 
+    /// This filter's config version is now serving (at start-up, after a reload): start any
+    /// background work, such as fetching keys. Runs on the control plane's runtime.
+    fn activate(&self) {}
+
     /// Request headers have arrived. Runs in declared order.
     async fn on_request(
         &self,

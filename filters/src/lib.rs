@@ -2,11 +2,16 @@
 //! built-in filters. The gateway core (`src/`) depends on this crate, never the reverse.
 
 pub mod access_log;
+pub mod background;
 pub mod body_limit;
 pub mod context;
 pub mod cors;
 pub mod filter;
 pub mod headers;
+pub mod jwt;
+pub mod metrics;
+pub mod opa;
+pub mod rate_limit;
 pub mod registry;
 pub mod request_id;
 pub mod router;

@@ -12,6 +12,9 @@ use crate::body_limit::{BodyLimit, BodyLimitConfig};
 use crate::cors::{Cors, CorsConfig};
 use crate::filter::Filter;
 use crate::headers::{Headers, HeadersConfig};
+use crate::jwt::{Jwt, JwtConfig};
+use crate::opa::{Opa, OpaConfig};
+use crate::rate_limit::{RateLimit, RateLimitConfig};
 use crate::request_id::{RequestId, RequestIdConfig};
 use crate::router::{Router, RouterConfig};
 
@@ -20,6 +23,7 @@ use crate::router::{Router, RouterConfig};
 /// point at the exact key and line).
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // parsed once per config load; boxing buys nothing
 pub enum FilterConfig {
     Router(RouterConfig),
     Headers(HeadersConfig),
@@ -27,6 +31,9 @@ pub enum FilterConfig {
     Cors(CorsConfig),
     AccessLog(AccessLogConfig),
     BodyLimit(BodyLimitConfig),
+    Jwt(JwtConfig),
+    Opa(OpaConfig),
+    RateLimit(RateLimitConfig),
 }
 
 /// The filter type names the registry knows.
@@ -37,6 +44,9 @@ pub const FILTER_TYPES: &[&str] = &[
     "cors",
     "access_log",
     "body_limit",
+    "jwt",
+    "opa",
+    "rate_limit",
 ];
 
 impl<'de> Deserialize<'de> for FilterConfig {
@@ -73,6 +83,9 @@ impl<'de> Visitor<'de> for FilterConfigVisitor {
             "cors" => FilterConfig::Cors(CorsConfig::deserialize(rest)?),
             "access_log" => FilterConfig::AccessLog(AccessLogConfig::deserialize(rest)?),
             "body_limit" => FilterConfig::BodyLimit(BodyLimitConfig::deserialize(rest)?),
+            "jwt" => FilterConfig::Jwt(JwtConfig::deserialize(rest)?),
+            "opa" => FilterConfig::Opa(OpaConfig::deserialize(rest)?),
+            "rate_limit" => FilterConfig::RateLimit(RateLimitConfig::deserialize(rest)?),
             other => return Err(de::Error::unknown_variant(other, FILTER_TYPES)),
         })
     }
@@ -93,6 +106,9 @@ impl FilterConfig {
             FilterConfig::Cors(_) => "cors",
             FilterConfig::AccessLog(_) => "access_log",
             FilterConfig::BodyLimit(_) => "body_limit",
+            FilterConfig::Jwt(_) => "jwt",
+            FilterConfig::Opa(_) => "opa",
+            FilterConfig::RateLimit(_) => "rate_limit",
         }
     }
 }
@@ -106,5 +122,8 @@ pub fn build_filter(cfg: &FilterConfig, bctx: &BuildContext) -> Result<Arc<dyn F
         FilterConfig::Cors(c) => Arc::new(Cors::build(c)?),
         FilterConfig::AccessLog(c) => Arc::new(AccessLog::build(c)?),
         FilterConfig::BodyLimit(c) => Arc::new(BodyLimit::build(c)?),
+        FilterConfig::Jwt(c) => Arc::new(Jwt::build(c)?),
+        FilterConfig::Opa(c) => Arc::new(Opa::build(c)?),
+        FilterConfig::RateLimit(c) => Arc::new(RateLimit::build(c)?),
     })
 }

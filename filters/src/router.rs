@@ -40,6 +40,15 @@ pub struct RouteConfig {
     pub strip_path: bool,
     #[serde(default)]
     pub preserve_host: bool,
+    /// `required` (default), `optional` or `anonymous`; read by a `jwt` filter later in the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::context::RouteAuth>,
+    /// Scopes the caller's token must all carry on this route (403 `insufficient_scope`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_scopes: Vec<String>,
+    /// Roles the caller must all have on this route (403 `insufficient_scope`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_roles: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -106,6 +115,7 @@ pub struct CompiledRoute {
     methods: Vec<Method>,
     headers: Vec<(HeaderName, Option<HeaderValue>)>,
     action: RouteAction,
+    access: Option<Arc<crate::context::RouteAccess>>,
 }
 
 pub struct Router {
@@ -216,6 +226,16 @@ impl Router {
                 }
                 _ => return Err(at("set exactly one of `cluster` or `respond`".into())),
             };
+            let access = (r.auth.is_some()
+                || !r.required_scopes.is_empty()
+                || !r.required_roles.is_empty())
+            .then(|| {
+                Arc::new(crate::context::RouteAccess {
+                    auth: r.auth,
+                    required_scopes: r.required_scopes.clone(),
+                    required_roles: r.required_roles.clone(),
+                })
+            });
             routes.push(CompiledRoute {
                 name,
                 path,
@@ -223,6 +243,7 @@ impl Router {
                 methods,
                 headers,
                 action,
+                access,
             });
         }
         Ok(Router { routes })
@@ -343,6 +364,7 @@ impl Filter for Router {
                     cluster: "-".into(),
                     upstream_path: None,
                     preserve_host: false,
+                    access: None,
                 });
                 Ok(FilterAction::Respond(resp.clone()))
             }
@@ -356,6 +378,7 @@ impl Filter for Router {
                     cluster: cluster.clone(),
                     upstream_path: rewritten,
                     preserve_host: *preserve_host,
+                    access: route.access.clone(),
                 });
                 Ok(FilterAction::Continue)
             }

@@ -1,6 +1,8 @@
 //! Header value templates such as `"{{ client_ip }}"` or `"tenant-{{ header.x-tenant }}"`,
 //! compiled once at config load (unknown variables are config errors) and rendered per request.
 //! A leading dot is accepted (`{{ .request_id }}`), as in the seed documents' examples.
+//! Identity variables (`tenant`, `sub`, `claims.<path>`) render empty until a `jwt` filter has
+//! verified the caller's token.
 
 use pingora_proxy::Session;
 
@@ -18,6 +20,10 @@ enum Var {
     Listener,
     Header(String),
     Query(String),
+    Tenant,
+    Subject,
+    /// A claim by dotted path (`claims.realm_access.roles`).
+    Claim(String),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -33,7 +39,7 @@ pub struct Template {
 }
 
 pub const TEMPLATE_VARIABLES: &str =
-    "request_id, client_ip, method, path, host, route, cluster, listener, header.<name>, query.<name>";
+    "request_id, client_ip, method, path, host, route, cluster, listener, header.<name>, query.<name>, tenant, sub, claims.<path>";
 
 impl Template {
     pub fn parse(src: &str) -> Result<Self, String> {
@@ -67,9 +73,23 @@ impl Template {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
     }
 
+    /// True when the template reads the caller's identity (tenant, sub or a claim).
+    pub fn uses_identity(&self) -> bool {
+        self.parts.iter().any(|p| {
+            matches!(
+                p,
+                Part::Var(Var::Tenant) | Part::Var(Var::Subject) | Part::Var(Var::Claim(_))
+            )
+        })
+    }
+
     pub fn render(&self, session: &Session, ctx: &RequestCtx) -> String {
+        self.render_request(session.req_header(), ctx)
+    }
+
+    /// Render against a request header (what `render` does with the session's).
+    pub fn render_request(&self, req: &pingora_http::RequestHeader, ctx: &RequestCtx) -> String {
         let mut out = String::new();
-        let req = session.req_header();
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.push_str(s),
@@ -100,6 +120,34 @@ impl Template {
                             out.push_str(v)
                         }
                     }
+                    Var::Tenant => {
+                        if let Some(t) = ctx.tenant() {
+                            out.push_str(t)
+                        }
+                    }
+                    Var::Subject => {
+                        if let Some(s) = ctx.identity.as_ref().and_then(|i| i.subject.as_deref()) {
+                            out.push_str(s)
+                        }
+                    }
+                    Var::Claim(path) => {
+                        match ctx.identity.as_ref().and_then(|i| i.claim(path)) {
+                            Some(serde_json::Value::String(s)) => out.push_str(s),
+                            Some(serde_json::Value::Array(items)) => {
+                                for (i, item) in items.iter().enumerate() {
+                                    if i > 0 {
+                                        out.push(',');
+                                    }
+                                    match item {
+                                        serde_json::Value::String(s) => out.push_str(s),
+                                        other => out.push_str(&other.to_string()),
+                                    }
+                                }
+                            }
+                            Some(serde_json::Value::Null) | None => {}
+                            Some(other) => out.push_str(&other.to_string()),
+                        }
+                    }
                 },
             }
         }
@@ -117,12 +165,19 @@ fn parse_var(name: &str) -> Option<Var> {
         "route" => Var::Route,
         "cluster" => Var::Cluster,
         "listener" => Var::Listener,
+        "tenant" => Var::Tenant,
+        "sub" => Var::Subject,
         _ => {
             if let Some(h) = name.strip_prefix("header.") {
                 if h.is_empty() {
                     return None;
                 }
                 Var::Header(h.to_ascii_lowercase())
+            } else if let Some(c) = name.strip_prefix("claims.") {
+                if c.is_empty() || c.split('.').any(str::is_empty) {
+                    return None;
+                }
+                Var::Claim(c.to_string())
             } else if let Some(q) = name.strip_prefix("query.") {
                 if q.is_empty() {
                     return None;

@@ -8,6 +8,9 @@
 //! admin listener on `127.0.0.1:@ADMIN@`.
 #![allow(dead_code)]
 
+pub mod auth;
+pub mod redis;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};

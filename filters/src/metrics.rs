@@ -1,0 +1,56 @@
+//! Prometheus metrics owned by filters (auth, policy, rate limits). They live in their own
+//! registry, which the gateway's `/metrics` renders after its own.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    register_int_counter_vec_with_registry, IntCounterVec, Registry,
+};
+
+pub struct FilterMetrics {
+    pub registry: Registry,
+    /// `stoa_jwt_validations_total{result}`: ok, cached, missing, invalid, expired, ...
+    pub jwt_validations: IntCounterVec,
+    /// `stoa_jwks_refreshes_total{result}`: ok or error.
+    pub jwks_refreshes: IntCounterVec,
+    /// `stoa_opa_decisions_total{engine,result}`: allow, deny or error.
+    pub opa_decisions: IntCounterVec,
+    /// `stoa_rate_limit_decisions_total{limit,result}`: allowed, limited, dry_run_limited.
+    pub rate_limit_decisions: IntCounterVec,
+    /// `stoa_rate_limit_backend_failures_total{mode}`: Redis errors or timeouts, by fail mode.
+    pub rate_limit_backend_failures: IntCounterVec,
+}
+
+pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
+    let registry = Registry::new();
+    let counter = |name: &str, help: &str, labels: &[&str]| {
+        register_int_counter_vec_with_registry!(name, help, labels, registry).expect("metric")
+    };
+    FilterMetrics {
+        jwt_validations: counter(
+            "stoa_jwt_validations_total",
+            "Bearer token checks by the jwt filter, by result",
+            &["result"],
+        ),
+        jwks_refreshes: counter(
+            "stoa_jwks_refreshes_total",
+            "Fetches of signing keys (JWKS or OIDC discovery), by result",
+            &["result"],
+        ),
+        opa_decisions: counter(
+            "stoa_opa_decisions_total",
+            "Policy decisions of the opa filter, by engine (embedded or external) and result",
+            &["engine", "result"],
+        ),
+        rate_limit_decisions: counter(
+            "stoa_rate_limit_decisions_total",
+            "Rate-limit checks, by limit name and result",
+            &["limit", "result"],
+        ),
+        rate_limit_backend_failures: counter(
+            "stoa_rate_limit_backend_failures_total",
+            "Rate-limit checks Redis could not answer in time, by the fail mode applied",
+            &["mode"],
+        ),
+        registry,
+    }
+});

@@ -1,0 +1,548 @@
+//! `opa` filter: authorizes each request with a Rego policy. The policy runs in-process on the
+//! regorus engine — loaded from files or a directory (plus `data.json`) and compiled once per
+//! config version, then evaluated per request without re-parsing — or on an external OPA server
+//! (`POST /v1/data/<path>`, fail-closed by default). A decision is a boolean or an object
+//! `{allow, reason, headers}`; a deny answers 403 with the reason. Also runs a policy
+//! directory's own Rego unit tests (`test_` rules) for `stoa-gateway --test-policies`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use pingora_core::Result;
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value as Json};
+use tracing::warn;
+
+use crate::context::{PolicyLog, RequestCtx};
+use crate::filter::{phase, Filter, FilterAction, LocalResponse};
+use crate::metrics::FILTER_METRICS;
+use crate::units::HumanDuration;
+
+/// The environment variable naming an external OPA server (seed 004).
+pub const OPA_ENDPOINT_ENV: &str = "PROXY_OPA_ENDPOINT";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpaConfig {
+    /// A `.rego` file, or a directory of them (`*_test.rego` files are skipped; a `data.json`
+    /// beside them is loaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// A JSON data document (`data.*` in the policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// An external OPA server (`http://opa:8181`) instead of the embedded engine. With neither
+    /// `policy` nor `endpoint`, `PROXY_OPA_ENDPOINT` is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The rule to evaluate.
+    #[serde(default = "default_query")]
+    pub query: String,
+    /// Timeout of one call to an external OPA.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Let requests through when the policy cannot be evaluated (default: refuse them).
+    #[serde(default)]
+    pub fail_open: bool,
+    /// The status of a refusal caused by an evaluation error (Envoy ext_authz's default: 403).
+    #[serde(default = "default_error_status")]
+    pub status_on_error: u16,
+    /// The fraction of allow decisions written to the access log (denials always are).
+    #[serde(default = "default_log_sample")]
+    pub log_sample: f64,
+}
+
+fn default_query() -> String {
+    "data.stoa.authz.allow".into()
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_millis(500))
+}
+fn default_error_status() -> u16 {
+    403
+}
+fn default_log_sample() -> f64 {
+    0.1
+}
+
+/// What a policy decided.
+#[derive(Debug, PartialEq)]
+pub struct Decision {
+    pub allow: bool,
+    pub reason: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Decision {
+    /// Read a decision from the query's result: `true`/`false`, or `{allow, reason, headers}`.
+    /// An undefined result (JSON `null` here) is a deny.
+    pub fn from_result(v: &Json) -> std::result::Result<Decision, String> {
+        match v {
+            Json::Null => Ok(Decision {
+                allow: false,
+                reason: Some("the policy's decision is undefined".into()),
+                headers: Vec::new(),
+            }),
+            Json::Bool(allow) => Ok(Decision {
+                allow: *allow,
+                reason: None,
+                headers: Vec::new(),
+            }),
+            Json::Object(o) => {
+                let allow = o
+                    .get("allow")
+                    .and_then(Json::as_bool)
+                    .ok_or("the decision object has no boolean `allow`")?;
+                let reason = o.get("reason").and_then(|r| match r {
+                    Json::String(s) => Some(s.clone()),
+                    Json::Null => None,
+                    other => Some(other.to_string()),
+                });
+                let headers = o
+                    .get("headers")
+                    .and_then(Json::as_object)
+                    .map(|h| {
+                        h.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok(Decision {
+                    allow,
+                    reason,
+                    headers,
+                })
+            }
+            other => Err(format!("the decision is neither a boolean nor an object: {other}")),
+        }
+    }
+}
+
+enum Engine {
+    Embedded(regorus::CompiledPolicy),
+    External {
+        client: reqwest::Client,
+        url: String,
+        timeout: Duration,
+    },
+}
+
+pub struct Opa {
+    engine: Engine,
+    fail_open: bool,
+    status_on_error: u16,
+    log_sample: f64,
+    allows: AtomicU64,
+}
+
+/// The `.rego` files of a policy path: the file itself, or a directory's `*.rego` files
+/// (sorted), with or without the `*_test.rego` ones.
+fn rego_files(path: &Path, with_tests: bool) -> std::result::Result<Vec<PathBuf>, String> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "rego"))
+        .filter(|p| with_tests || !p.to_string_lossy().ends_with("_test.rego"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("no .rego file in `{}`", path.display()));
+    }
+    Ok(files)
+}
+
+/// An engine with the policy files and data loaded.
+fn load_engine(
+    policy: &Path,
+    data: Option<&Path>,
+    with_tests: bool,
+) -> std::result::Result<regorus::Engine, String> {
+    let mut engine = regorus::Engine::new();
+    for file in rego_files(policy, with_tests)? {
+        engine
+            .add_policy_from_file(&file)
+            .map_err(|e| format!("`{}`: {e}", file.display()))?;
+    }
+    let dir_data = policy.is_dir().then(|| policy.join("data.json"));
+    let data = data
+        .map(Path::to_path_buf)
+        .or(dir_data.filter(|p| p.is_file()));
+    if let Some(data) = data {
+        let text = std::fs::read_to_string(&data)
+            .map_err(|e| format!("cannot read `{}`: {e}", data.display()))?;
+        let value = regorus::Value::from_json_str(&text)
+            .map_err(|e| format!("`{}`: {e}", data.display()))?;
+        engine
+            .add_data(value)
+            .map_err(|e| format!("`{}`: {e}", data.display()))?;
+    }
+    Ok(engine)
+}
+
+/// The policy for `query`, compiled once.
+pub fn compile(
+    policy: &Path,
+    data: Option<&Path>,
+    query: &str,
+) -> std::result::Result<regorus::CompiledPolicy, String> {
+    let mut engine = load_engine(policy, data, false)?;
+    engine
+        .compile_with_entrypoint(&query.into())
+        .map_err(|e| format!("query `{query}`: {e}"))
+}
+
+/// Evaluate a compiled policy on one input document.
+pub fn evaluate(policy: &regorus::CompiledPolicy, input: Json) -> std::result::Result<Json, String> {
+    let result = policy
+        .eval_with_input(regorus::Value::from(input))
+        .map_err(|e| e.to_string())?;
+    if result == regorus::Value::Undefined {
+        return Ok(Json::Null);
+    }
+    serde_json::to_value(&result).map_err(|e| e.to_string())
+}
+
+/// One Rego unit test's outcome.
+#[derive(Debug)]
+pub struct RegoTest {
+    pub name: String,
+    pub passed: bool,
+    pub error: Option<String>,
+}
+
+/// Run every `test_*` rule of a policy directory (or file), as `opa test` would.
+pub fn run_rego_tests(path: &Path) -> std::result::Result<Vec<RegoTest>, String> {
+    let mut engine = load_engine(path, None, true)?;
+    let rule = regex::Regex::new(r"(?m)^\s*(test_[A-Za-z0-9_]+)\b").expect("regex");
+    let package = regex::Regex::new(r"(?m)^\s*package\s+([A-Za-z0-9_.]+)").expect("regex");
+    let mut results = Vec::new();
+    for file in rego_files(path, true)? {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read `{}`: {e}", file.display()))?;
+        let Some(pkg) = package.captures(&text).map(|c| c[1].to_string()) else {
+            continue;
+        };
+        let mut names: Vec<String> = rule.captures_iter(&text).map(|c| c[1].to_string()).collect();
+        names.dedup();
+        for name in names {
+            let full = format!("data.{pkg}.{name}");
+            let (passed, error) = match engine.eval_rule(full.clone()) {
+                Ok(v) => (v == regorus::Value::from(true), None),
+                Err(e) => (false, Some(e.to_string())),
+            };
+            results.push(RegoTest {
+                name: full,
+                passed,
+                error,
+            });
+        }
+    }
+    Ok(results)
+}
+
+const REDACTED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-auth-token",
+];
+
+/// The policy's `input` document for a request.
+pub fn input_document(req: &RequestHeader, ctx: &RequestCtx) -> Json {
+    let mut headers = Map::new();
+    for (name, value) in req.headers.iter() {
+        let key = name.as_str();
+        let v = if REDACTED_HEADERS.contains(&key) {
+            "[redacted]".to_string()
+        } else {
+            String::from_utf8_lossy(value.as_bytes()).into_owned()
+        };
+        match headers.get_mut(key) {
+            Some(Json::String(prev)) => {
+                prev.push_str(", ");
+                prev.push_str(&v);
+            }
+            _ => {
+                headers.insert(key.to_string(), Json::String(v));
+            }
+        }
+    }
+    let mut query = Map::new();
+    for pair in req.uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        query
+            .entry(k.to_string())
+            .or_insert_with(|| Json::String(v.to_string()));
+    }
+    let identity = ctx.identity.as_deref();
+    json!({
+        "request": {
+            "method": req.method.as_str(),
+            "path": req.uri.path(),
+            "query": query,
+            "headers": headers,
+            "client_ip": ctx.client_ip.map(|ip| ip.to_string()),
+        },
+        "token": identity.map(|i| i.claims.clone()),
+        "subject": identity.and_then(|i| i.subject.clone()),
+        "tenant": identity.and_then(|i| i.tenant.clone()),
+        "roles": identity.map(|i| i.roles.clone()).unwrap_or_default(),
+        "scopes": identity.map(|i| i.scopes.clone()).unwrap_or_default(),
+        "route": ctx.route.as_ref().map(|r| r.route.to_string()),
+    })
+}
+
+impl Opa {
+    pub fn build(cfg: &OpaConfig) -> std::result::Result<Self, String> {
+        let engine = match (&cfg.policy, &cfg.endpoint) {
+            (Some(_), Some(_)) => return Err("set only one of `policy` and `endpoint`".into()),
+            (Some(policy), None) => {
+                if cfg.query.trim().is_empty() {
+                    return Err("query: must not be empty".into());
+                }
+                let compiled = compile(
+                    Path::new(policy),
+                    cfg.data.as_deref().map(Path::new),
+                    &cfg.query,
+                )
+                .map_err(|e| format!("policy: {e}"))?;
+                Engine::Embedded(compiled)
+            }
+            (None, endpoint) => {
+                let endpoint = match endpoint {
+                    Some(e) => e.clone(),
+                    None => std::env::var(OPA_ENDPOINT_ENV).map_err(|_| {
+                        format!("set `policy` (embedded engine) or `endpoint` (external OPA), or {OPA_ENDPOINT_ENV}")
+                    })?,
+                };
+                let path = cfg
+                    .query
+                    .strip_prefix("data.")
+                    .ok_or("query: an external OPA query must start with `data.`")?
+                    .replace('.', "/");
+                let client = reqwest::Client::builder()
+                    .timeout(cfg.timeout.0)
+                    .build()
+                    .map_err(|e| format!("HTTP client: {e}"))?;
+                Engine::External {
+                    client,
+                    url: format!("{}/v1/data/{path}", endpoint.trim_end_matches('/')),
+                    timeout: cfg.timeout.0,
+                }
+            }
+        };
+        if !(0.0..=1.0).contains(&cfg.log_sample) {
+            return Err("log_sample: must be between 0 and 1".into());
+        }
+        if !(100..=599).contains(&cfg.status_on_error) {
+            return Err("status_on_error: not an HTTP status".into());
+        }
+        Ok(Opa {
+            engine,
+            fail_open: cfg.fail_open,
+            status_on_error: cfg.status_on_error,
+            log_sample: cfg.log_sample,
+            allows: AtomicU64::new(0),
+        })
+    }
+
+    fn engine_label(&self) -> &'static str {
+        match self.engine {
+            Engine::Embedded(_) => "embedded",
+            Engine::External { .. } => "external",
+        }
+    }
+
+    async fn decide(&self, input: Json) -> std::result::Result<Decision, String> {
+        let result = match &self.engine {
+            Engine::Embedded(policy) => evaluate(policy, input)?,
+            Engine::External {
+                client,
+                url,
+                timeout,
+            } => {
+                let (client, url, timeout) = (client.clone(), url.clone(), *timeout);
+                // On the background runtime, which owns the client's pooled connections.
+                let call = crate::background::handle().spawn(async move {
+                    let resp = client
+                        .post(&url)
+                        .json(&json!({ "input": input }))
+                        .send()
+                        .await
+                        .map_err(|e| format!("POST {url}: {e}"))?;
+                    if !resp.status().is_success() {
+                        return Err(format!("POST {url}: status {}", resp.status()));
+                    }
+                    let body: Json = resp
+                        .json()
+                        .await
+                        .map_err(|e| format!("POST {url}: invalid JSON: {e}"))?;
+                    Ok(body.get("result").cloned().unwrap_or(Json::Null))
+                });
+                match tokio::time::timeout(timeout + Duration::from_millis(50), call).await {
+                    Ok(Ok(r)) => r?,
+                    Ok(Err(e)) => return Err(format!("OPA call failed: {e}")),
+                    Err(_) => return Err("OPA call timed out".into()),
+                }
+            }
+        };
+        Decision::from_result(&result)
+    }
+
+    /// Sample allow decisions at `log_sample` (exactly, by counting).
+    fn sample_allow(&self) -> bool {
+        let n = self.allows.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.log_sample).floor() > (n * self.log_sample).floor()
+    }
+}
+
+#[async_trait]
+impl Filter for Opa {
+    fn name(&self) -> &'static str {
+        "opa"
+    }
+
+    fn phases(&self) -> u8 {
+        phase::REQUEST | phase::UPSTREAM_REQUEST
+    }
+
+    async fn on_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<FilterAction> {
+        let input = input_document(session.req_header(), ctx);
+        let engine = self.engine_label();
+        let m = &FILTER_METRICS.opa_decisions;
+        match self.decide(input).await {
+            Ok(d) if d.allow => {
+                m.with_label_values(&[engine, "allow"]).inc();
+                if self.sample_allow() {
+                    ctx.policy = Some(PolicyLog {
+                        allow: true,
+                        reason: d.reason.clone(),
+                    });
+                }
+                if !d.headers.is_empty() {
+                    ctx.extensions.insert(PolicyHeaders(d.headers));
+                }
+                Ok(FilterAction::Continue)
+            }
+            Ok(d) => {
+                m.with_label_values(&[engine, "deny"]).inc();
+                let reason = d
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "denied by policy".to_string());
+                ctx.policy = Some(PolicyLog {
+                    allow: false,
+                    reason: Some(reason.clone()),
+                });
+                ctx.reject("opa", "deny");
+                let body = json!({ "error": "forbidden", "reason": reason, "status": 403 });
+                let mut resp = LocalResponse::new(403)
+                    .with_header("content-type", "application/json");
+                resp.body = body.to_string().into();
+                for (k, v) in d.headers {
+                    if HeaderName::from_bytes(k.as_bytes()).is_ok()
+                        && HeaderValue::from_str(&v).is_ok()
+                    {
+                        resp.headers.push((k, v));
+                    }
+                }
+                Ok(FilterAction::Respond(resp))
+            }
+            Err(e) => {
+                m.with_label_values(&[engine, "error"]).inc();
+                warn!(request_id = %ctx.request_id, error = %e, fail_open = self.fail_open, "policy evaluation failed");
+                ctx.policy = Some(PolicyLog {
+                    allow: self.fail_open,
+                    reason: Some(format!("evaluation failed: {e}")),
+                });
+                if self.fail_open {
+                    return Ok(FilterAction::Continue);
+                }
+                ctx.reject("opa", "error");
+                let body = json!({
+                    "error": "forbidden",
+                    "reason": "the policy could not be evaluated",
+                    "status": self.status_on_error,
+                });
+                let mut resp = LocalResponse::new(self.status_on_error)
+                    .with_header("content-type", "application/json");
+                resp.body = body.to_string().into();
+                Ok(FilterAction::Respond(resp))
+            }
+        }
+    }
+
+    fn on_upstream_request(
+        &self,
+        _session: &Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(PolicyHeaders(headers)) = ctx.extensions.get::<PolicyHeaders>() {
+            for (k, v) in headers {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    upstream.insert_header(name, value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Headers an allow decision asked to add to the upstream request.
+#[derive(Clone)]
+struct PolicyHeaders(Vec<(String, String)>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions() {
+        assert!(Decision::from_result(&json!(true)).unwrap().allow);
+        assert!(!Decision::from_result(&Json::Null).unwrap().allow);
+        let d = Decision::from_result(&json!({"allow": false, "reason": "no", "headers": {"x-a": "1"}}))
+            .unwrap();
+        assert_eq!(d.reason.as_deref(), Some("no"));
+        assert_eq!(d.headers, vec![("x-a".to_string(), "1".to_string())]);
+        assert!(Decision::from_result(&json!(3)).is_err());
+        assert!(Decision::from_result(&json!({"reason": "x"})).is_err());
+    }
+
+    #[test]
+    fn example_policies_pass_their_rego_tests() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/policies");
+        let results = run_rego_tests(&dir).unwrap();
+        assert!(results.len() >= 7, "expected the example tests, got {results:?}");
+        let failed: Vec<_> = results.iter().filter(|r| !r.passed).collect();
+        assert!(failed.is_empty(), "failing Rego tests: {failed:?}");
+    }
+
+    #[test]
+    fn example_policy_compiles_and_decides() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/policies");
+        let policy = compile(&dir, None, "data.stoa.authz.decision").unwrap();
+        let out = evaluate(
+            &policy,
+            json!({"request": {"method": "DELETE", "path": "/api/orders/1", "headers": {}},
+                   "roles": ["viewer"], "tenant": "acme"}),
+        )
+        .unwrap();
+        let d = Decision::from_result(&out).unwrap();
+        assert!(!d.allow);
+        assert!(d.reason.is_some());
+    }
+}
