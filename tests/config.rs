@@ -236,7 +236,7 @@ fn check_errors_inside_filters_point_at_the_key() {
 #[test]
 fn check_unknown_filter_type_lists_known_types() {
     let dir = tempfile::TempDir::new().unwrap();
-    let text = "listeners:\n  - name: pub\n    address: 127.0.0.1:1\n    chains: [r]\nchains:\n  r:\n    - type: rate_limit\n      rps: 5\n";
+    let text = "listeners:\n  - name: pub\n    address: 127.0.0.1:1\n    chains: [r]\nchains:\n  r:\n    - type: rate_limiter\n      rps: 5\n";
     let path = write(dir.path(), "type.yaml", text);
     let (code, _, err) = check(&path);
     assert_eq!(code, 1);
@@ -502,4 +502,19 @@ async fn ready_waits_for_first_health_check() {
         .await,
         Some(1.0)
     );
+}
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&conf).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let (code, out, err) = check(&path);
+            assert_eq!(code, 0, "{}:\n{out}\n{err}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "expected the shipped configs in {}", conf.display());
 }
