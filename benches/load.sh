@@ -16,6 +16,10 @@
 #   stoa-preset  wrk -> stoa-gateway --mode=proxy --port=P --upstream=URL
 #            --admin-address A (the shipped preset: request_id + access_log to
 #            stdout (sent to /dev/null here) + router)
+#   stoa-secure  wrk -> stoa-gateway -c benches/stoa-secure.yaml: stoa's route
+#            behind jwt (RS256, token cache on) + opa (embedded, the shipped
+#            example policy) + a local rate_limit; every request carries the
+#            same RS256 token (minted here with openssl). No RSS phase.
 # Reported per target: req/s, p50, p99, errors, the proxy's CPU share and its
 # core's busy share (to spot a proxy that was not the bottleneck, or a run
 # disturbed by other load), and for the proxies: start -> first proxied 200
@@ -36,7 +40,7 @@
 #   RSS_CONNECTIONS [1000]  RSS_REQUESTS [100000]  RSS_MAX_DURATION [120s]
 #   STOA_BIN [target/release/stoa-gateway]
 #   BARE_BIN [target/release/examples/bare_pingora]
-#   NGINX [/usr/sbin/nginx]  TARGETS ["direct nginx bare stoa stoa-preset"]
+#   NGINX [/usr/sbin/nginx]  TARGETS ["direct nginx bare stoa stoa-preset stoa-secure"]
 #   STARTUP_TIMEOUT [10] seconds   BUILD [0]   KEEP_TMP [0]
 #   PROXY_CPU [0]  LOAD_CPU [1]     RESULTS [benches/results/latest.md]
 set -u -o pipefail
@@ -60,8 +64,8 @@ RSS_MAX_DURATION="${RSS_MAX_DURATION:-120s}"
 STOA_BIN="${STOA_BIN:-$ROOT/target/release/stoa-gateway}"
 BARE_BIN="${BARE_BIN:-$ROOT/target/release/examples/bare_pingora}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
-TARGETS="${TARGETS:-direct nginx bare stoa stoa-preset}"
-ALL_TARGETS="direct nginx bare stoa stoa-preset"
+TARGETS="${TARGETS:-direct nginx bare stoa stoa-preset stoa-secure}"
+ALL_TARGETS="direct nginx bare stoa stoa-preset stoa-secure"
 STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-10}"
 BUILD="${BUILD:-0}"
 KEEP_TMP="${KEEP_TMP:-0}"
@@ -169,7 +173,7 @@ wait_ok() {
   local url="$1" pid="$2" deadline code i
   deadline=$(( $(now_ns) + STARTUP_TIMEOUT * 1000000000 ))
   for ((i = 0; i < 20000; i++)); do
-    code="$(curl -s -o "$TMP/probe.body" -w '%{http_code}' --max-time 1 "$url" 2>/dev/null)"
+    code="$(curl -s -o "$TMP/probe.body" -w '%{http_code}' --max-time 1 ${AUTH_HEADER:+-H "$AUTH_HEADER"} "$url" 2>/dev/null)"
     if [ "$code" = 200 ] && [ "$(cat "$TMP/probe.body")" = ok ]; then
       echo $(( ($(now_ns) - T0_NS) / 1000000 ))
       return 0
@@ -259,7 +263,7 @@ declare -A ALLRUNS RPS P50 P99 REQS ERRS PCPU BUSY EFF STARTUP RSS_IDLE RSS_PEAK
 run_wrk() { # run_wrk OUTFILE CONNS DURATION URL [extra wrk args]
   local out="$1" c="$2" d="$3" url="$4"
   shift 4
-  taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$c" -d"$d" --latency "$@" "$url" >"$out" 2>&1
+  taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$c" -d"$d" --latency ${AUTH_HEADER:+-H "$AUTH_HEADER"} "$@" "$url" >"$out" 2>&1
 }
 
 # CPU accounting on the proxy's core: the proxy's own share (user+system
@@ -417,7 +421,7 @@ target_pingora() { # target_pingora NAME PORT LOGFILE CMD...  (STDOUT=file: stdo
   if STARTUP[$name]="$(wait_ok "http://127.0.0.1:$port/" "$pid")"; then
     log "$name: first proxied 200 after ${STARTUP[$name]} ms (pid $pid, threads $(awk '/^Threads:/ {print $2}' /proc/"$pid"/status))"
     measure "$name" "http://127.0.0.1:$port/" "$pid"
-    rss_phase "$name" "$pid" "http://127.0.0.1:$port/"
+    [ -n "${SKIP_RSS:-}" ] || rss_phase "$name" "$pid" "http://127.0.0.1:$port/"
     if ! alive "$pid"; then
       NOTE[$name]="${NOTE[$name]:-}process died during the run. "
       log "$name: process died; log tail:"; tail -20 "$logf" >&2
@@ -479,10 +483,36 @@ target_stoa_preset() {
     --mode=proxy --port="$port" --upstream="http://127.0.0.1:$UP_PORT" --admin-address "127.0.0.1:$admin"
 }
 
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+
+target_stoa_secure() {
+  stoa_present stoa-secure || return 0
+  local port admin header payload signing
+  port="$(free_port)"
+  admin="$(free_port)"
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/bench-key.pem" 2>/dev/null
+  openssl pkey -in "$TMP/bench-key.pem" -pubout -out "$TMP/bench-key.pub" 2>/dev/null
+  header="$(printf '{"alg":"RS256","typ":"JWT"}' | b64url)"
+  payload="$(printf '{"iss":"https://bench.example","aud":"stoa-gateway","sub":"bench","tenant":"acme","exp":%d}' \
+    "$(( $(date +%s) + 7200 ))" | b64url)"
+  signing="$header.$payload"
+  AUTH_TOKEN="$signing.$(printf '%s' "$signing" | openssl dgst -sha256 -sign "$TMP/bench-key.pem" -binary | b64url)"
+  sed -e "s/127\.0\.0\.1:18080/127.0.0.1:$port/" \
+      -e "s/127\.0\.0\.1:19901/127.0.0.1:$admin/" \
+      -e "s/127\.0\.0\.1:19000/127.0.0.1:$UP_PORT/" \
+      -e "s#/tmp/stoa-secure.pid#$TMP/stoa-secure.pid#" \
+      -e "s#/tmp/stoa-secure-upgrade.sock#$TMP/stoa-secure-upgrade.sock#" \
+      -e "s#/tmp/stoa-bench-key.pub#$TMP/bench-key.pub#" \
+      "$ROOT/benches/stoa-secure.yaml" >"$TMP/stoa-secure.yaml"
+  AUTH_HEADER="Authorization: Bearer $AUTH_TOKEN" SKIP_RSS=1 \
+    target_pingora stoa-secure "$port" "$TMP/stoa-secure.log" "$STOA_BIN" -c "$TMP/stoa-secure.yaml"
+}
+
 for t in $TARGETS; do
   case "$t" in
     direct | nginx | bare | stoa) "target_$t" ;;
     stoa-preset) target_stoa_preset ;;
+    stoa-secure) target_stoa_secure ;;
     *) die "unknown target $t (want: $ALL_TARGETS)" ;;
   esac
 done
@@ -515,6 +545,7 @@ add_ratio "stoa / nginx" stoa nginx
 add_ratio "bare pingora / nginx" bare nginx
 add_ratio "stoa-preset / bare pingora" stoa-preset bare
 add_ratio "stoa-preset / stoa" stoa-preset stoa
+add_ratio "stoa-secure / stoa" stoa-secure stoa
 
 RSSROWS=""
 for t in nginx bare stoa stoa-preset; do
@@ -566,7 +597,7 @@ mkdir -p "$(dirname "$RESULTS")"
   echo "- Machine: $(nproc) CPUs, $HOST_CPU, kernel $(uname -r)"
   echo "- Proxy under test pinned to CPU $PROXY_CPU, one worker thread; upstream (nginx, 1 worker, \`return 200 \"ok\\n\"\`) and wrk pinned to CPU $LOAD_CPU"
   echo "- Load: \`wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency\` after a $WARMUP warmup, HTTP/1.1 keep-alive, plaintext; $RUNS run(s) per target, the $( [ "$PICK" = median ] && echo "median" || echo "best (highest req/s)") run shown (all runs listed at the end)"
-  echo "- Targets: direct = wrk straight to the upstream; nginx = 1 worker, \`proxy_pass\` with an upstream keepalive pool; bare = \`benches/bare_pingora.rs\` (Pingora, no filters, mimalloc, 1 thread); stoa = \`stoa-gateway -c benches/stoa-bench.yaml\` (1 thread, a single router route); stoa-preset = \`stoa-gateway --mode=proxy --port --upstream --admin-address\` (the shipped preset: request_id, access_log to stdout (/dev/null), router)"
+  echo "- Targets: direct = wrk straight to the upstream; nginx = 1 worker, \`proxy_pass\` with an upstream keepalive pool; bare = \`benches/bare_pingora.rs\` (Pingora, no filters, mimalloc, 1 thread); stoa = \`stoa-gateway -c benches/stoa-bench.yaml\` (1 thread, a single router route); stoa-preset = \`stoa-gateway --mode=proxy --port --upstream --admin-address\` (the shipped preset: request_id, access_log to stdout (/dev/null), router); stoa-secure = `stoa-gateway -c benches/stoa-secure.yaml` (the stoa route behind jwt RS256 with the token cache, embedded opa and a local rate_limit; one token on every request)"
   echo "- Tools: nginx $NGINX_VERSION, $WRK_VERSION${STOA_VERSION:+, $STOA_VERSION}"
   echo
   echo "## Throughput and latency"

@@ -142,7 +142,7 @@ pub enum Permit {
 impl CircuitBreaker {
     pub fn new(cluster: &str, cfg: CircuitBreakerConfig) -> Self {
         let bucket_width = cfg.window.0 / BUCKETS as u32;
-        let b = CircuitBreaker {
+        CircuitBreaker {
             cluster: cluster.to_string(),
             started: Instant::now(),
             bucket_width,
@@ -155,9 +155,13 @@ impl CircuitBreaker {
                 probe_successes: 0,
             }),
             cfg,
-        };
-        b.export(BreakerState::Closed);
-        b
+        }
+    }
+
+    /// This breaker's config version now serves: publish its state (a rejected reload's
+    /// breakers never do, so they cannot overwrite the live one's gauge).
+    pub fn activate(&self) {
+        self.export(self.state());
     }
 
     pub fn is_failure_status(&self, status: u16) -> bool {
@@ -201,7 +205,7 @@ impl CircuitBreaker {
         if inner.state == BreakerState::Open {
             let open_for = inner.opened_at.elapsed();
             if open_for < self.cfg.open_for.0 {
-                return Err((self.cfg.open_for.0 - open_for).as_secs().max(1));
+                return Err(((self.cfg.open_for.0 - open_for).as_secs_f64().ceil() as u64).max(1));
             }
             self.transition(&mut inner, BreakerState::HalfOpen);
         }
@@ -213,6 +217,15 @@ impl CircuitBreaker {
             return Ok(Permit::Probe);
         }
         Ok(Permit::Normal)
+    }
+
+    /// A request that was let through ended without telling anything about the upstream (the
+    /// client went away): a probe slot is freed, nothing is counted.
+    pub fn release(&self, permit: Permit) {
+        if permit == Permit::Probe {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+        }
     }
 
     /// The outcome of a request that `try_acquire` let through.
@@ -266,7 +279,6 @@ impl CircuitBreaker {
         }
     }
 
-    #[cfg(test)]
     pub fn state(&self) -> BreakerState {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).state
     }

@@ -10,6 +10,7 @@ mod control;
 mod logging;
 mod metrics;
 mod overrides;
+mod path;
 mod presets;
 mod proxy;
 mod runtime;

@@ -99,7 +99,10 @@ pub fn preset_yaml(a: &PresetArgs) -> Result<String, String> {
         ));
     }
     if let (Some(opa), Mode::Proxy) = (a.opa_endpoint, a.mode) {
-        security.push_str(&format!("    - type: opa\n      endpoint: {}\n", quoted(opa)));
+        security.push_str(&format!(
+            "    - type: opa\n      endpoint: {}\n",
+            quoted(opa)
+        ));
     }
     Ok(format!(
         "# preset for --mode={mode}\ngateway:\n  mode: {mode}\nadmin:\n  address: \"{admin}\"\nlisteners:\n  - name: {mode}\n    address: \"0.0.0.0:{port}\"\n    chains: [{mode}]\nchains:\n  {mode}:\n    - type: request_id\n    - type: access_log\n{extra}    - type: router\n      routes:\n        - name: upstream\n          match: {{ path_prefix: / }}\n          cluster: upstream\n          preserve_host: {preserve}\n{security}clusters:\n  upstream:\n    endpoints: [\"{endpoint}\"]{tls_block}\n",
@@ -156,12 +159,17 @@ mod tests {
         assert!(proxy.contains("issuer: \"https://auth.example/realms/stoa\""));
         assert!(proxy.contains("audiences: [\"stoa-gateway\"]"));
         assert!(proxy.contains("endpoint: \"http://opa:8181\""));
-        preset(&args(Mode::Proxy, Some("stoa-gateway"))).unwrap().validate().unwrap();
+        preset(&args(Mode::Proxy, Some("stoa-gateway")))
+            .unwrap()
+            .validate()
+            .unwrap();
         for mode in [Mode::EdgeMcp, Mode::Sidecar] {
             let y = preset_yaml(&args(mode, Some("c"))).unwrap();
             assert!(y.contains("type: jwt") && !y.contains("type: opa"), "{y}");
         }
-        assert!(!preset_yaml(&args(Mode::Shadow, Some("c"))).unwrap().contains("type: jwt"));
+        assert!(!preset_yaml(&args(Mode::Shadow, Some("c")))
+            .unwrap()
+            .contains("type: jwt"));
         assert!(preset_yaml(&args(Mode::Proxy, None))
             .unwrap_err()
             .contains("KEYCLOAK_CLIENT_ID"));

@@ -96,6 +96,26 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        match crate::path::normalize(session.req_header().uri.path()) {
+            Ok(None) => {}
+            Ok(Some(path)) => {
+                let req = session.req_header_mut();
+                let pq = match req.uri.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                };
+                let uri = pq.parse::<http::Uri>().map_err(|e| {
+                    Error::because(ErrorType::InvalidHTTPHeader, "normalized path", e)
+                })?;
+                req.set_uri(uri);
+            }
+            Err(why) => {
+                ctx.req.reject("gateway", "bad_path");
+                self.respond_local(session, ctx, LocalResponse::json_error(400, why))
+                    .await?;
+                return Ok(true);
+            }
+        }
         let chain = ctx.chain.clone();
         for &i in &chain.request {
             match chain.filters[i].on_request(session, &mut ctx.req).await? {
@@ -116,8 +136,11 @@ impl ProxyHttp for Gateway {
                 Ok(permit) => ctx.breaker_permit = Some(permit),
                 Err(retry_after) => {
                     ctx.req.reject("circuit_breaker", "open");
-                    let local = LocalResponse::json_error(503, "circuit breaker open: the upstream is failing")
-                        .with_header("retry-after", &retry_after.to_string());
+                    let local = LocalResponse::json_error(
+                        503,
+                        "circuit breaker open: the upstream is failing",
+                    )
+                    .with_header("retry-after", &retry_after.to_string());
                     self.respond_local(session, ctx, local).await?;
                     return Ok(true);
                 }
@@ -347,8 +370,12 @@ impl ProxyHttp for Gateway {
                     e.esource() == &ErrorSource::Upstream
                         || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500)
                 });
-                let failed = upstream_error || breaker.is_failure_status(status);
-                breaker.record(permit, !failed);
+                if status == 0 && !upstream_error {
+                    breaker.release(permit);
+                } else {
+                    let failed = upstream_error || breaker.is_failure_status(status);
+                    breaker.record(permit, !failed);
+                }
             }
         }
         let chain = ctx.chain.clone();

@@ -106,6 +106,11 @@ impl GatewayState {
 
     /// Tell every filter its config version is about to serve (starts key prefetches, ...).
     pub fn activate(&self) {
+        for cluster in self.clusters.values() {
+            if let Some(b) = &cluster.breaker {
+                b.activate();
+            }
+        }
         for chain in &self.chains {
             for f in &chain.filters {
                 f.activate();

@@ -516,5 +516,9 @@ fn every_shipped_config_is_valid() {
             checked += 1;
         }
     }
-    assert!(checked >= 4, "expected the shipped configs in {}", conf.display());
+    assert!(
+        checked >= 4,
+        "expected the shipped configs in {}",
+        conf.display()
+    );
 }

@@ -306,7 +306,10 @@ fn parse_jwks(doc: &serde_json::Value) -> std::result::Result<Vec<Jwk>, String> 
         .ok_or("not a JWKS document (no `keys` array)")?;
     let mut out = Vec::new();
     for k in keys {
-        if k.get("use").and_then(|u| u.as_str()).is_some_and(|u| u != "sig") {
+        if k.get("use")
+            .and_then(|u| u.as_str())
+            .is_some_and(|u| u != "sig")
+        {
             continue;
         }
         match serde_json::from_value::<Jwk>(k.clone()) {
@@ -420,7 +423,9 @@ impl KeyStore {
     fn candidates(set: &KeySet, kid: Option<&str>, alg: Algorithm) -> Vec<Arc<VerifyKey>> {
         set.keys
             .iter()
-            .filter(|k| k.accepts(alg) && (kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid))
+            .filter(|k| {
+                k.accepts(alg) && (kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
+            })
             .cloned()
             .collect()
     }
@@ -428,7 +433,9 @@ impl KeyStore {
     /// Start a background refresh when the keys are older than the refresh interval.
     fn maybe_refresh_in_background(&self, set: &KeySet) {
         let Some(remote) = &self.remote else { return };
-        let stale = set.fetched.is_none_or(|t| t.elapsed() >= self.refresh_interval);
+        let stale = set
+            .fetched
+            .is_none_or(|t| t.elapsed() >= self.refresh_interval);
         let may = remote
             .since_last_attempt()
             .is_none_or(|t| t >= self.min_refresh_interval.min(self.refresh_interval));
@@ -504,9 +511,10 @@ fn refusal(kind: &ErrorKind) -> Refusal {
         ErrorKind::ImmatureSignature => ("not_yet_valid", "the token is not valid yet"),
         ErrorKind::InvalidIssuer => ("wrong_issuer", "the token's issuer is not accepted"),
         ErrorKind::InvalidAudience => ("wrong_audience", "the token's audience is not accepted"),
-        ErrorKind::MissingRequiredClaim(_) => {
-            ("missing_claim", "the token lacks a required claim (exp, iss or aud)")
-        }
+        ErrorKind::MissingRequiredClaim(_) => (
+            "missing_claim",
+            "the token lacks a required claim (exp, iss or aud)",
+        ),
         ErrorKind::InvalidSignature => ("bad_signature", "the token's signature is invalid"),
         ErrorKind::InvalidAlgorithm => ("bad_algorithm", "the token's algorithm is not allowed"),
         _ => return MALFORMED,
@@ -531,7 +539,9 @@ impl moka::Expiry<[u8; 32], Arc<Identity>> for ExpireAtExp {
         value: &Arc<Identity>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(value.expires_at.saturating_sub(unix_now())))
+        Some(Duration::from_secs(
+            value.expires_at.saturating_sub(unix_now()),
+        ))
     }
 }
 
@@ -574,7 +584,9 @@ impl Jwt {
             return Err("issuer: must not be empty".into());
         }
         if cfg.audiences.is_empty() {
-            return Err("audiences: at least one audience is required (tokens must carry `aud`)".into());
+            return Err(
+                "audiences: at least one audience is required (tokens must carry `aud`)".into(),
+            );
         }
         let allowed = cfg
             .algorithms
@@ -606,30 +618,41 @@ impl Jwt {
             if algs.is_empty() {
                 return Err("hmac_secret: add HS256, HS384 or HS512 to `algorithms`".into());
             }
-            local.extend(verify_key(None, DecodingKey::from_secret(secret.as_bytes()), algs, &rules));
+            local.extend(verify_key(
+                None,
+                DecodingKey::from_secret(secret.as_bytes()),
+                algs,
+                &rules,
+            ));
         }
         if let Some(path) = &cfg.jwks_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("jwks_file: cannot read `{path}`: {e}"))?;
-            let doc: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| format!("jwks_file: `{path}`: {e}"))?;
+            let doc: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("jwks_file: `{path}`: {e}"))?;
             let jwks = parse_jwks(&doc).map_err(|e| format!("jwks_file: `{path}`: {e}"))?;
             let keys = keys_from_jwks(&jwks, &rules);
             if keys.is_empty() {
-                return Err(format!("jwks_file: `{path}` has no key usable with the allowed algorithms"));
+                return Err(format!(
+                    "jwks_file: `{path}` has no key usable with the allowed algorithms"
+                ));
             }
             local.extend(keys);
         }
         if let Some(path) = &cfg.public_key_file {
             let pem = std::fs::read(path)
                 .map_err(|e| format!("public_key_file: cannot read `{path}`: {e}"))?;
-            local.push(pem_key(&pem, &rules).map_err(|e| format!("public_key_file: `{path}`: {e}"))?);
+            local.push(
+                pem_key(&pem, &rules).map_err(|e| format!("public_key_file: `{path}`: {e}"))?,
+            );
         }
 
         let remote_source = if let Some(url) = &cfg.jwks_url {
             Some(RemoteSource::Jwks(url.clone()))
         } else if local.is_empty() {
-            Some(RemoteSource::Discovery(cfg.issuer.trim_end_matches('/').to_string()))
+            Some(RemoteSource::Discovery(
+                cfg.issuer.trim_end_matches('/').to_string(),
+            ))
         } else {
             None
         };
@@ -806,7 +829,11 @@ impl Jwt {
     fn identity(&self, claims: serde_json::Value) -> Identity {
         let string_list = |v: Option<&serde_json::Value>| -> Vec<String> {
             v.and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let mut identity = Identity {
@@ -844,7 +871,9 @@ impl Jwt {
     fn challenge(&self, error: Option<(&str, &str)>) -> String {
         let mut v = format!("Bearer realm=\"{}\"", self.realm);
         if let Some((code, description)) = error {
-            v.push_str(&format!(", error=\"{code}\", error_description=\"{description}\""));
+            v.push_str(&format!(
+                ", error=\"{code}\", error_description=\"{description}\""
+            ));
         }
         v
     }
@@ -863,13 +892,20 @@ fn pem_key(pem: &[u8], rules: &KeyRules) -> std::result::Result<Arc<VerifyKey>, 
     use Algorithm::*;
     type PemParser = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
     let attempts: [(PemParser, &[Algorithm]); 3] = [
-        (DecodingKey::from_rsa_pem, &[RS256, RS384, RS512, PS256, PS384, PS512]),
+        (
+            DecodingKey::from_rsa_pem,
+            &[RS256, RS384, RS512, PS256, PS384, PS512],
+        ),
         (DecodingKey::from_ec_pem, &[ES256, ES384]),
         (DecodingKey::from_ed_pem, &[EdDSA]),
     ];
     for (parse, algs) in attempts {
         if let Ok(key) = parse(pem) {
-            let algs: Vec<_> = algs.iter().copied().filter(|a| rules.allowed.contains(a)).collect();
+            let algs: Vec<_> = algs
+                .iter()
+                .copied()
+                .filter(|a| rules.allowed.contains(a))
+                .collect();
             return verify_key(None, key, algs, rules)
                 .ok_or_else(|| "none of the allowed algorithms fits this key's type".to_string());
         }
@@ -888,16 +924,28 @@ impl Filter for Jwt {
     }
 
     fn phases(&self) -> u8 {
-        phase::REQUEST | if self.forward.is_empty() { 0 } else { phase::UPSTREAM_REQUEST }
+        phase::REQUEST
+            | if self.forward.is_empty() {
+                0
+            } else {
+                phase::UPSTREAM_REQUEST
+            }
     }
 
     fn activate(&self) {
         self.keys.prefetch();
     }
 
-    async fn on_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<FilterAction> {
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<FilterAction> {
         let access = ctx.route.as_ref().and_then(|r| r.access.clone());
-        let auth = access.as_ref().and_then(|a| a.auth).unwrap_or(self.default_auth);
+        let auth = access
+            .as_ref()
+            .and_then(|a| a.auth)
+            .unwrap_or(self.default_auth);
         if auth == RouteAuth::Anonymous {
             return Ok(FilterAction::Continue);
         }
@@ -920,14 +968,19 @@ impl Filter for Jwt {
             Verdict::Invalid(r) => {
                 m.with_label_values(&[r.label]).inc();
                 ctx.reject("jwt", r.label);
-                return Ok(FilterAction::Respond(self.unauthorized(Some(r.description))));
+                return Ok(FilterAction::Respond(
+                    self.unauthorized(Some(r.description)),
+                ));
             }
             Verdict::Unavailable => {
                 m.with_label_values(&["keys_unavailable"]).inc();
                 ctx.reject("jwt", "keys_unavailable");
                 return Ok(FilterAction::Respond(
-                    LocalResponse::json_error(503, "the identity provider's signing keys are unavailable")
-                        .with_header("retry-after", "5"),
+                    LocalResponse::json_error(
+                        503,
+                        "the identity provider's signing keys are unavailable",
+                    )
+                    .with_header("retry-after", "5"),
                 ));
             }
         };
@@ -975,7 +1028,9 @@ impl Filter for Jwt {
     ) -> Result<()> {
         for f in &self.forward {
             upstream.remove_header(&f.header);
-            let Some(identity) = &ctx.identity else { continue };
+            let Some(identity) = &ctx.identity else {
+                continue;
+            };
             let value = match f.claim.as_str() {
                 "tenant" => identity.tenant.clone(),
                 "sub" => identity.subject.clone(),

@@ -2,9 +2,7 @@
 //! registry, which the gateway's `/metrics` renders after its own.
 
 use once_cell::sync::Lazy;
-use prometheus::{
-    register_int_counter_vec_with_registry, IntCounterVec, Registry,
-};
+use prometheus::{register_int_counter_vec_with_registry, IntCounterVec, Registry};
 
 pub struct FilterMetrics {
     pub registry: Registry,

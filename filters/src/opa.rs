@@ -118,7 +118,9 @@ impl Decision {
                     headers,
                 })
             }
-            other => Err(format!("the decision is neither a boolean nor an object: {other}")),
+            other => Err(format!(
+                "the decision is neither a boolean nor an object: {other}"
+            )),
         }
     }
 }
@@ -200,7 +202,10 @@ pub fn compile(
 }
 
 /// Evaluate a compiled policy on one input document.
-pub fn evaluate(policy: &regorus::CompiledPolicy, input: Json) -> std::result::Result<Json, String> {
+pub fn evaluate(
+    policy: &regorus::CompiledPolicy,
+    input: Json,
+) -> std::result::Result<Json, String> {
     let result = policy
         .eval_with_input(regorus::Value::from(input))
         .map_err(|e| e.to_string())?;
@@ -230,7 +235,10 @@ pub fn run_rego_tests(path: &Path) -> std::result::Result<Vec<RegoTest>, String>
         let Some(pkg) = package.captures(&text).map(|c| c[1].to_string()) else {
             continue;
         };
-        let mut names: Vec<String> = rule.captures_iter(&text).map(|c| c[1].to_string()).collect();
+        let mut names: Vec<String> = rule
+            .captures_iter(&text)
+            .map(|c| c[1].to_string())
+            .collect();
         names.dedup();
         for name in names {
             let full = format!("data.{pkg}.{name}");
@@ -277,12 +285,20 @@ pub fn input_document(req: &RequestHeader, ctx: &RequestCtx) -> Json {
             }
         }
     }
+    // Decoded as the upstream will decode them; a repeated key becomes an array of its values.
     let mut query = Map::new();
-    for pair in req.uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        query
-            .entry(k.to_string())
-            .or_insert_with(|| Json::String(v.to_string()));
+    for (k, v) in form_urlencoded::parse(req.uri.query().unwrap_or("").as_bytes()) {
+        let v = Json::String(v.into_owned());
+        match query.get_mut(k.as_ref()) {
+            Some(Json::Array(values)) => values.push(v),
+            Some(first) => {
+                let first = first.take();
+                query.insert(k.into_owned(), Json::Array(vec![first, v]));
+            }
+            None => {
+                query.insert(k.into_owned(), v);
+            }
+        }
     }
     let identity = ctx.identity.as_deref();
     json!({
@@ -416,7 +432,11 @@ impl Filter for Opa {
         phase::REQUEST | phase::UPSTREAM_REQUEST
     }
 
-    async fn on_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<FilterAction> {
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<FilterAction> {
         let input = input_document(session.req_header(), ctx);
         let engine = self.engine_label();
         let m = &FILTER_METRICS.opa_decisions;
@@ -446,8 +466,8 @@ impl Filter for Opa {
                 });
                 ctx.reject("opa", "deny");
                 let body = json!({ "error": "forbidden", "reason": reason, "status": 403 });
-                let mut resp = LocalResponse::new(403)
-                    .with_header("content-type", "application/json");
+                let mut resp =
+                    LocalResponse::new(403).with_header("content-type", "application/json");
                 resp.body = body.to_string().into();
                 for (k, v) in d.headers {
                     if HeaderName::from_bytes(k.as_bytes()).is_ok()
@@ -514,8 +534,10 @@ mod tests {
     fn decisions() {
         assert!(Decision::from_result(&json!(true)).unwrap().allow);
         assert!(!Decision::from_result(&Json::Null).unwrap().allow);
-        let d = Decision::from_result(&json!({"allow": false, "reason": "no", "headers": {"x-a": "1"}}))
-            .unwrap();
+        let d = Decision::from_result(
+            &json!({"allow": false, "reason": "no", "headers": {"x-a": "1"}}),
+        )
+        .unwrap();
         assert_eq!(d.reason.as_deref(), Some("no"));
         assert_eq!(d.headers, vec![("x-a".to_string(), "1".to_string())]);
         assert!(Decision::from_result(&json!(3)).is_err());
@@ -526,7 +548,10 @@ mod tests {
     fn example_policies_pass_their_rego_tests() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/policies");
         let results = run_rego_tests(&dir).unwrap();
-        assert!(results.len() >= 7, "expected the example tests, got {results:?}");
+        assert!(
+            results.len() >= 7,
+            "expected the example tests, got {results:?}"
+        );
         let failed: Vec<_> = results.iter().filter(|r| !r.passed).collect();
         assert!(failed.is_empty(), "failing Rego tests: {failed:?}");
     }

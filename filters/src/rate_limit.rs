@@ -163,7 +163,11 @@ impl LocalLimiter {
     fn shared(spec: &LimitSpec) -> std::result::Result<Arc<Self>, String> {
         let mut all = LOCAL_LIMITERS.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|w| w.strong_count() > 0);
-        if let Some(l) = all.iter().filter_map(Weak::upgrade).find(|l| l.spec == *spec) {
+        if let Some(l) = all
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|l| l.spec == *spec)
+        {
             return Ok(l);
         }
         let burst = NonZeroU32::new(spec.burst).ok_or("burst: must be at least 1")?;
@@ -293,9 +297,12 @@ impl RedisLimiter {
                 .set_max_delay(Duration::from_millis(500));
             (0..self.pool_size)
                 .filter_map(|_| {
-                    redis::aio::ConnectionManager::new_lazy_with_config(self.client.clone(), cfg.clone())
-                        .map_err(|e| warn!(error = %e, "cannot set up a Redis connection"))
-                        .ok()
+                    redis::aio::ConnectionManager::new_lazy_with_config(
+                        self.client.clone(),
+                        cfg.clone(),
+                    )
+                    .map_err(|e| warn!(error = %e, "cannot set up a Redis connection"))
+                    .ok()
                 })
                 .collect()
         });
@@ -307,7 +314,10 @@ impl RedisLimiter {
     }
 
     /// Run the GCRA script; `None` when Redis did not answer in time (or is being skipped).
-    async fn check(&self, limits: &[(Arc<LocalLimiter>, String)]) -> std::result::Result<Vec<LimitOutcome>, String> {
+    async fn check(
+        &self,
+        limits: &[(Arc<LocalLimiter>, String)],
+    ) -> std::result::Result<Vec<LimitOutcome>, String> {
         let now_ms = EPOCH.elapsed().as_millis() as u64;
         if now_ms < self.skip_until_ms.load(Ordering::Relaxed) {
             return Err("skipped after a recent failure".into());
@@ -339,8 +349,10 @@ impl RedisLimiter {
                 .collect()),
             Err(e) => {
                 let now_ms = EPOCH.elapsed().as_millis() as u64;
-                self.skip_until_ms
-                    .store(now_ms + self.retry_interval.as_millis() as u64, Ordering::Relaxed);
+                self.skip_until_ms.store(
+                    now_ms + self.retry_interval.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
                 Err(e)
             }
         }
@@ -422,7 +434,9 @@ impl RateLimit {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
             {
-                return Err(format!("limits[{i}].name: use letters, digits, `_`, `-` and `.`"));
+                return Err(format!(
+                    "limits[{i}].name: use letters, digits, `_`, `-` and `.`"
+                ));
             }
             if l.per.0.is_zero() {
                 return Err(format!("limits[{i}].per: must be more than 0"));
@@ -465,8 +479,8 @@ impl RateLimit {
         let redis = match &cfg.redis {
             None => None,
             Some(r) => {
-                let client = redis::Client::open(r.url.as_str())
-                    .map_err(|e| format!("redis.url: {e}"))?;
+                let client =
+                    redis::Client::open(r.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
                 if r.pool_size == 0 {
                     return Err("redis.pool_size: must be at least 1".into());
                 }
@@ -487,7 +501,14 @@ impl RateLimit {
         };
         let policy_header = specs
             .iter()
-            .map(|(s, _)| format!("\"{}\";q={};w={}", s.name, s.requests, s.per.as_secs().max(1)))
+            .map(|(s, _)| {
+                format!(
+                    "\"{}\";q={};w={}",
+                    s.name,
+                    s.requests,
+                    s.per.as_secs().max(1)
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
         Ok(RateLimit {
@@ -521,7 +542,11 @@ impl RateLimit {
     }
 
     /// The headers describing the most constraining limit.
-    fn describe(&self, keys: &[(Arc<LocalLimiter>, String)], outcomes: &[LimitOutcome]) -> Vec<(&'static str, String)> {
+    fn describe(
+        &self,
+        keys: &[(Arc<LocalLimiter>, String)],
+        outcomes: &[LimitOutcome],
+    ) -> Vec<(&'static str, String)> {
         let (i, o) = outcomes
             .iter()
             .enumerate()
@@ -535,7 +560,10 @@ impl RateLimit {
         let reset = o.reset.as_secs_f64().ceil() as u64;
         vec![
             ("ratelimit-policy", self.policy_header.clone()),
-            ("ratelimit", format!("\"{}\";r={};t={}", spec.name, o.remaining, reset)),
+            (
+                "ratelimit",
+                format!("\"{}\";r={};t={}", spec.name, o.remaining, reset),
+            ),
             ("x-ratelimit-limit", spec.requests.to_string()),
             ("x-ratelimit-remaining", o.remaining.to_string()),
             ("x-ratelimit-reset", reset.to_string()),
@@ -550,10 +578,19 @@ impl Filter for RateLimit {
     }
 
     fn phases(&self) -> u8 {
-        phase::REQUEST | if self.headers && !self.dry_run { phase::RESPONSE_HEADERS } else { 0 }
+        phase::REQUEST
+            | if self.headers && !self.dry_run {
+                phase::RESPONSE_HEADERS
+            } else {
+                0
+            }
     }
 
-    async fn on_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<FilterAction> {
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<FilterAction> {
         let keys = self.keys(session, ctx);
         let outcomes = match &self.redis {
             None => keys.iter().map(|(l, k)| l.check(k)).collect::<Vec<_>>(),
@@ -644,7 +681,10 @@ mod tests {
         assert_eq!(admitted, 5);
         let refused = l.check("k");
         assert!(!refused.allowed);
-        assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_millis(200));
+        assert!(
+            refused.retry_after > Duration::ZERO
+                && refused.retry_after <= Duration::from_millis(200)
+        );
         // Another key has its own budget.
         assert!(l.check("other").allowed);
     }
@@ -663,9 +703,21 @@ mod tests {
         let cfg = |y: serde_json::Value| serde_json::from_value::<RateLimitConfig>(y).unwrap();
         assert!(RateLimit::build(&cfg(serde_json::json!({}))).is_err());
         assert!(RateLimit::build(&cfg(serde_json::json!({"burst": 3}))).is_err());
-        assert!(RateLimit::build(&cfg(serde_json::json!({"limits": [{"requests": 0, "per": "1s"}]}))).is_err());
-        assert!(RateLimit::build(&cfg(serde_json::json!({"key": "{{ nope }}", "requests_per_second": 1}))).is_err());
-        let ok = RateLimit::build(&cfg(serde_json::json!({"requests_per_second": 10, "requests_per_minute": 100}))).unwrap();
-        assert_eq!(ok.policy_header, "\"per_second\";q=10;w=1, \"per_minute\";q=100;w=60");
+        assert!(RateLimit::build(&cfg(
+            serde_json::json!({"limits": [{"requests": 0, "per": "1s"}]})
+        ))
+        .is_err());
+        assert!(RateLimit::build(&cfg(
+            serde_json::json!({"key": "{{ nope }}", "requests_per_second": 1})
+        ))
+        .is_err());
+        let ok = RateLimit::build(&cfg(
+            serde_json::json!({"requests_per_second": 10, "requests_per_minute": 100}),
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.policy_header,
+            "\"per_second\";q=10;w=1, \"per_minute\";q=100;w=60"
+        );
     }
 }

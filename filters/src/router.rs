@@ -226,16 +226,15 @@ impl Router {
                 }
                 _ => return Err(at("set exactly one of `cluster` or `respond`".into())),
             };
-            let access = (r.auth.is_some()
-                || !r.required_scopes.is_empty()
-                || !r.required_roles.is_empty())
-            .then(|| {
-                Arc::new(crate::context::RouteAccess {
-                    auth: r.auth,
-                    required_scopes: r.required_scopes.clone(),
-                    required_roles: r.required_roles.clone(),
-                })
-            });
+            let access =
+                (r.auth.is_some() || !r.required_scopes.is_empty() || !r.required_roles.is_empty())
+                    .then(|| {
+                        Arc::new(crate::context::RouteAccess {
+                            auth: r.auth,
+                            required_scopes: r.required_scopes.clone(),
+                            required_roles: r.required_roles.clone(),
+                        })
+                    });
             routes.push(CompiledRoute {
                 name,
                 path,

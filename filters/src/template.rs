@@ -130,24 +130,22 @@ impl Template {
                             out.push_str(s)
                         }
                     }
-                    Var::Claim(path) => {
-                        match ctx.identity.as_ref().and_then(|i| i.claim(path)) {
-                            Some(serde_json::Value::String(s)) => out.push_str(s),
-                            Some(serde_json::Value::Array(items)) => {
-                                for (i, item) in items.iter().enumerate() {
-                                    if i > 0 {
-                                        out.push(',');
-                                    }
-                                    match item {
-                                        serde_json::Value::String(s) => out.push_str(s),
-                                        other => out.push_str(&other.to_string()),
-                                    }
+                    Var::Claim(path) => match ctx.identity.as_ref().and_then(|i| i.claim(path)) {
+                        Some(serde_json::Value::String(s)) => out.push_str(s),
+                        Some(serde_json::Value::Array(items)) => {
+                            for (i, item) in items.iter().enumerate() {
+                                if i > 0 {
+                                    out.push(',');
+                                }
+                                match item {
+                                    serde_json::Value::String(s) => out.push_str(s),
+                                    other => out.push_str(&other.to_string()),
                                 }
                             }
-                            Some(serde_json::Value::Null) | None => {}
-                            Some(other) => out.push_str(&other.to_string()),
                         }
-                    }
+                        Some(serde_json::Value::Null) | None => {}
+                        Some(other) => out.push_str(&other.to_string()),
+                    },
                 },
             }
         }
