@@ -1,6 +1,6 @@
 //! Criterion micro-benchmarks of the proxy security chain's building blocks: one JWT
 //! verification (RS256 and ES256, uncached and through the token cache), one OPA evaluation of
-//! the shipped example policy on the embedded regorus engine, and one rate-limit check (local
+//! the shipped example policy (regorus' bytecode VM, which the filter uses, and its interpreter), and one rate-limit check (local
 //! governor, and Redis when `redis-server` is installed: one Lua GCRA round trip).
 
 use std::process::{Child, Command, Stdio};
@@ -80,21 +80,26 @@ fn opa_eval(c: &mut Criterion) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/policies");
     let mut g = c.benchmark_group("opa_eval");
     for query in ["data.stoa.authz.allow", "data.stoa.authz.decision"] {
-        let policy = stoa_filters::opa::compile(&dir, None, query).unwrap();
+        let policy = stoa_filters::opa::Policy::load(&dir, None, query).unwrap();
+        let interpreter = stoa_filters::opa::compile(&dir, None, query).unwrap();
         let input = serde_json::json!({
             "request": {"method": "GET", "path": "/api/orders/42", "query": {"page": "2"},
                         "headers": {"host": "api.example", "user-agent": "bench", "authorization": "[redacted]"},
                         "client_ip": "10.0.0.1"},
             "token": {"sub": "u", "tenant": "acme"}, "subject": "u", "tenant": "acme",
             "roles": ["user"], "scopes": ["read"], "route": "orders"});
-        let out = stoa_filters::opa::evaluate(&policy, input.clone()).unwrap();
+        let out = policy.evaluate(input.clone()).unwrap();
         assert!(
             stoa_filters::opa::Decision::from_result(&out)
                 .unwrap()
                 .allow
         );
-        g.bench_function(query.trim_start_matches("data.stoa.authz."), |b| {
-            b.iter(|| stoa_filters::opa::evaluate(&policy, black_box(input.clone())).unwrap())
+        let name = query.trim_start_matches("data.stoa.authz.");
+        g.bench_function(format!("{name}_vm"), |b| {
+            b.iter(|| policy.evaluate(black_box(input.clone())).unwrap())
+        });
+        g.bench_function(format!("{name}_interpreter"), |b| {
+            b.iter(|| stoa_filters::opa::evaluate(&interpreter, black_box(input.clone())).unwrap())
         });
     }
     g.finish();

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -126,7 +127,7 @@ impl Decision {
 }
 
 enum Engine {
-    Embedded(regorus::CompiledPolicy),
+    Embedded(Arc<Policy>),
     External {
         client: reqwest::Client,
         url: String,
@@ -159,6 +160,93 @@ fn rego_files(path: &Path, with_tests: bool) -> std::result::Result<Vec<PathBuf>
         return Err(format!("no .rego file in `{}`", path.display()));
     }
     Ok(files)
+}
+
+/// A policy ready to evaluate: compiled to regorus' bytecode VM (RVM) when the policy's
+/// features allow it — several times faster than the tree-walking interpreter — with the
+/// interpreter's compiled policy as the fallback.
+pub struct Policy {
+    compiled: regorus::CompiledPolicy,
+    rvm: Option<(Arc<regorus::rvm::program::Program>, regorus::Value)>,
+}
+
+thread_local! {
+    /// Per-worker VMs, one per policy (keyed by the policy's address; a few versions at most).
+    static VMS: std::cell::RefCell<Vec<(usize, std::sync::Weak<Policy>, regorus::rvm::vm::RegoVM)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Policy {
+    /// Load, compile (interpreter and, when possible, RVM) once.
+    pub fn load(
+        policy: &Path,
+        data: Option<&Path>,
+        query: &str,
+    ) -> std::result::Result<Arc<Self>, String> {
+        let mut engine = load_engine(policy, data, false)?;
+        let compiled = engine
+            .compile_with_entrypoint(&query.into())
+            .map_err(|e| format!("query `{query}`: {e}"))?;
+        let rvm = match regorus::languages::rego::compiler::Compiler::compile_from_policy(
+            &compiled,
+            &[query],
+        ) {
+            Ok(program) => Some((program, engine.get_data())),
+            Err(e) => {
+                tracing::info!(query, error = %e, "policy runs on the regorus interpreter (the bytecode VM does not support it)");
+                None
+            }
+        };
+        Ok(Arc::new(Policy { compiled, rvm }))
+    }
+
+    /// Evaluate on one input document; `Json::Null` when the result is undefined.
+    pub fn evaluate(self: &Arc<Self>, input: Json) -> std::result::Result<Json, String> {
+        let input = regorus::Value::from(input);
+        let result = match &self.rvm {
+            None => self
+                .compiled
+                .eval_with_input(input)
+                .map_err(|e| e.to_string())?,
+            Some((program, data)) => {
+                VMS.with(|vms| -> std::result::Result<regorus::Value, String> {
+                    let mut vms = vms.borrow_mut();
+                    let key = Arc::as_ptr(self) as usize;
+                    vms.retain(|(_, owner, _)| owner.strong_count() > 0);
+                    let i = match vms.iter().position(|(k, _, _)| *k == key) {
+                        Some(i) => i,
+                        None => {
+                            let mut vm = regorus::rvm::vm::RegoVM::new();
+                            vm.load_program(program.clone());
+                            vm.set_data(data.clone()).map_err(|e| e.to_string())?;
+                            vms.push((key, Arc::downgrade(self), vm));
+                            vms.len() - 1
+                        }
+                    };
+                    let vm = &mut vms[i].2;
+                    vm.set_input(input.clone());
+                    match vm.execute() {
+                        Ok(v) if v != regorus::Value::Undefined => Ok(v),
+                        // Undefined or an error (rare; usually a deny): the interpreter has the
+                        // last word, so conflicts and runtime errors are reported as OPA would.
+                        _ => self
+                            .compiled
+                            .eval_with_input(input)
+                            .map_err(|e| e.to_string()),
+                    }
+                })?
+            }
+        };
+        if result == regorus::Value::Undefined {
+            return Ok(Json::Null);
+        }
+        serde_json::to_value(&result).map_err(|e| e.to_string())
+    }
+
+    /// True when the bytecode VM runs this policy.
+    pub fn on_vm(&self) -> bool {
+        self.rvm.is_some()
+    }
 }
 
 /// An engine with the policy files and data loaded.
@@ -326,7 +414,7 @@ impl Opa {
                 if cfg.query.trim().is_empty() {
                     return Err("query: must not be empty".into());
                 }
-                let compiled = compile(
+                let compiled = Policy::load(
                     Path::new(policy),
                     cfg.data.as_deref().map(Path::new),
                     &cfg.query,
@@ -381,7 +469,7 @@ impl Opa {
 
     async fn decide(&self, input: Json) -> std::result::Result<Decision, String> {
         let result = match &self.engine {
-            Engine::Embedded(policy) => evaluate(policy, input)?,
+            Engine::Embedded(policy) => policy.evaluate(input)?,
             Engine::External {
                 client,
                 url,
@@ -554,6 +642,30 @@ mod tests {
         );
         let failed: Vec<_> = results.iter().filter(|r| !r.passed).collect();
         assert!(failed.is_empty(), "failing Rego tests: {failed:?}");
+    }
+
+    #[test]
+    fn the_bytecode_vm_agrees_with_the_interpreter() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/policies");
+        let inputs = [
+            json!({"request": {"method": "GET", "path": "/api/orders"}, "token": {"sub": "u"}, "tenant": "acme", "roles": []}),
+            json!({"request": {"method": "POST", "path": "/api/orders"}, "token": {"sub": "u"}, "tenant": "acme", "roles": ["viewer"]}),
+            json!({"request": {"method": "POST", "path": "/api/orders"}, "token": {"sub": "u"}, "tenant": "acme", "roles": ["editor"]}),
+            json!({"request": {"method": "GET", "path": "/api/tenants/globex/x"}, "token": {"sub": "u"}, "tenant": "acme", "roles": []}),
+            json!({"request": {"method": "GET", "path": "/api/orders"}, "token": {"sub": "u"}, "tenant": "suspended-co", "roles": []}),
+            json!({"request": {"method": "GET", "path": "/public/x"}, "token": null, "roles": []}),
+            json!({"request": {"method": "GET", "path": "/api/orders"}, "token": null, "roles": []}),
+        ];
+        for query in ["data.stoa.authz.allow", "data.stoa.authz.decision"] {
+            let policy = Policy::load(&dir, None, query).unwrap();
+            assert!(policy.on_vm(), "{query} should run on the VM");
+            let interpreter = compile(&dir, None, query).unwrap();
+            for input in &inputs {
+                let vm = policy.evaluate(input.clone()).unwrap();
+                let reference = evaluate(&interpreter, input.clone()).unwrap();
+                assert_eq!(vm, reference, "{query} on {input}");
+            }
+        }
     }
 
     #[test]
