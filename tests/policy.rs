@@ -623,6 +623,34 @@ async fn input_document_as_the_policy_sees_it() {
     assert_eq!(input["scopes"], json!(["read", "write"]), "{input}");
     assert_eq!(input["route"], "api");
 
+    // The same token again (its identity, and the identity's part of the input, now come from
+    // the token cache), with a repeated header: the values are joined as HTTP joins them.
+    let (status, headers, body) = send(
+        cl.get(gw.url("/orders/43?tag=a&tag=b"))
+            .bearer_auth(&tok)
+            .header("X-Multi", "first")
+            .header("X-Multi", "second"),
+    )
+    .await;
+    let reason = assert_forbidden(status, &headers, &body);
+    let again: Value = serde_json::from_str(&reason).unwrap();
+    for field in ["token", "subject", "tenant", "roles", "scopes"] {
+        assert_eq!(
+            again[field], input[field],
+            "{field} from the cached identity"
+        );
+    }
+    assert_eq!(
+        again["request"]["headers"]["x-multi"], "first, second",
+        "{again}"
+    );
+    assert_eq!(
+        again["request"]["query"],
+        json!({"tag": ["a", "b"]}),
+        "{again}"
+    );
+    assert_eq!(again["request"]["path"], "/orders/43", "{again}");
+
     // Anonymous: no token, no identity fields.
     let (status, headers, body) = send(cl.get(gw.url("/anon"))).await;
     let reason = assert_forbidden(status, &headers, &body);

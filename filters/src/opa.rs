@@ -5,6 +5,7 @@
 //! `{allow, reason, headers}`; a deny answers 403 with the reason. Also runs a policy
 //! directory's own Rego unit tests (`test_` rules) for `stoa-gateway --test-policies`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,8 +16,9 @@ use http::{HeaderName, HeaderValue};
 use pingora_core::Result;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
+use regorus::Value as Rego;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
 use tracing::warn;
 
 use crate::context::{PolicyLog, RequestCtx};
@@ -201,8 +203,8 @@ impl Policy {
     }
 
     /// Evaluate on one input document; `Json::Null` when the result is undefined.
-    pub fn evaluate(self: &Arc<Self>, input: Json) -> std::result::Result<Json, String> {
-        let input = regorus::Value::from(input);
+    pub fn evaluate(self: &Arc<Self>, input: impl Into<Rego>) -> std::result::Result<Json, String> {
+        let input = input.into();
         let result = match &self.rvm {
             None => self
                 .compiled
@@ -353,58 +355,98 @@ const REDACTED_HEADERS: &[&str] = &[
     "x-auth-token",
 ];
 
-/// The policy's `input` document for a request.
-pub fn input_document(req: &RequestHeader, ctx: &RequestCtx) -> Json {
-    let mut headers = Map::new();
+/// The policy's `input` document for a request, built directly as a Rego value (the embedded
+/// engine's own type; serialized to JSON for an external OPA). The identity's part is built
+/// once per identity and shared through the token cache.
+pub fn input_document(req: &RequestHeader, ctx: &RequestCtx) -> Rego {
+    let mut headers: BTreeMap<Rego, Rego> = BTreeMap::new();
     for (name, value) in req.headers.iter() {
         let key = name.as_str();
         let v = if REDACTED_HEADERS.contains(&key) {
-            "[redacted]".to_string()
+            "[redacted]"
         } else {
-            String::from_utf8_lossy(value.as_bytes()).into_owned()
+            &String::from_utf8_lossy(value.as_bytes())
         };
-        match headers.get_mut(key) {
-            Some(Json::String(prev)) => {
-                prev.push_str(", ");
-                prev.push_str(&v);
-            }
-            _ => {
-                headers.insert(key.to_string(), Json::String(v));
+        match headers.get_mut(&Rego::from(key)) {
+            // A repeated header: its values joined as HTTP joins them.
+            Some(prev) => *prev = Rego::from(format!("{}, {v}", prev.as_string().unwrap())),
+            None => {
+                headers.insert(Rego::from(key), Rego::from(v));
             }
         }
     }
     // Decoded as the upstream will decode them; a repeated key becomes an array of its values.
-    let mut query = Map::new();
+    let mut query: BTreeMap<Rego, Rego> = BTreeMap::new();
     for (k, v) in form_urlencoded::parse(req.uri.query().unwrap_or("").as_bytes()) {
-        let v = Json::String(v.into_owned());
-        match query.get_mut(k.as_ref()) {
-            Some(Json::Array(values)) => values.push(v),
-            Some(first) => {
-                let first = first.take();
-                query.insert(k.into_owned(), Json::Array(vec![first, v]));
-            }
+        let (k, v) = (Rego::from(k.as_ref()), Rego::from(v.as_ref()));
+        match query.get_mut(&k) {
+            Some(Rego::Array(values)) => Arc::make_mut(values).push(v),
+            Some(first) => *first = Rego::from(vec![first.clone(), v]),
             None => {
-                query.insert(k.into_owned(), v);
+                query.insert(k, v);
             }
         }
     }
-    let identity = ctx.identity.as_deref();
-    json!({
-        "request": {
-            "method": req.method.as_str(),
-            "path": req.uri.path(),
-            "query": query,
-            "headers": headers,
-            "client_ip": ctx.client_ip.map(|ip| ip.to_string()),
-        },
-        "token": identity.map(|i| i.claims.clone()),
-        "subject": identity.and_then(|i| i.subject.clone()),
-        "tenant": identity.and_then(|i| i.tenant.clone()),
-        "roles": identity.map(|i| i.roles.clone()).unwrap_or_default(),
-        "scopes": identity.map(|i| i.scopes.clone()).unwrap_or_default(),
-        "route": ctx.route.as_ref().map(|r| r.route.to_string()),
-    })
+    let opt = |s: Option<&str>| s.map_or(Rego::Null, Rego::from);
+    let request: BTreeMap<Rego, Rego> = [
+        ("method", Rego::from(req.method.as_str())),
+        ("path", Rego::from(req.uri.path())),
+        ("query", Rego::from(query)),
+        ("headers", Rego::from(headers)),
+        (
+            "client_ip",
+            ctx.client_ip
+                .map_or(Rego::Null, |ip| Rego::from(ip.to_string())),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (Rego::from(k), v))
+    .collect();
+    let mut input: BTreeMap<Rego, Rego> = BTreeMap::new();
+    input.insert(Rego::from("request"), Rego::from(request));
+    input.insert(
+        Rego::from("route"),
+        opt(ctx.route.as_ref().map(|r| &*r.route)),
+    );
+    let identity = match ctx.identity.as_deref() {
+        Some(identity) => identity.policy_input.get_or_init(|| {
+            let list = |l: &[String]| {
+                Rego::from(l.iter().map(|s| Rego::from(s.as_str())).collect::<Vec<_>>())
+            };
+            let fields: BTreeMap<Rego, Rego> = [
+                ("token", Rego::from(identity.claims.clone())),
+                ("subject", opt(identity.subject.as_deref())),
+                ("tenant", opt(identity.tenant.as_deref())),
+                ("roles", list(&identity.roles)),
+                ("scopes", list(&identity.scopes)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (Rego::from(k), v))
+            .collect();
+            Rego::from(fields)
+        }),
+        None => &ANONYMOUS,
+    };
+    if let Ok(fields) = identity.as_object() {
+        input.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    Rego::from(input)
 }
+
+/// The identity's part of the input when the request carries no verified token.
+static ANONYMOUS: once_cell::sync::Lazy<Rego> = once_cell::sync::Lazy::new(|| {
+    let fields: BTreeMap<Rego, Rego> = [
+        ("token", Rego::Null),
+        ("subject", Rego::Null),
+        ("tenant", Rego::Null),
+        ("roles", Rego::new_array()),
+        ("scopes", Rego::new_array()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (Rego::from(k), v))
+    .collect();
+    Rego::from(fields)
+});
 
 impl Opa {
     pub fn build(cfg: &OpaConfig) -> std::result::Result<Self, String> {
@@ -467,7 +509,7 @@ impl Opa {
         }
     }
 
-    async fn decide(&self, input: Json) -> std::result::Result<Decision, String> {
+    async fn decide(&self, input: Rego) -> std::result::Result<Decision, String> {
         let result = match &self.engine {
             Engine::Embedded(policy) => policy.evaluate(input)?,
             Engine::External {
