@@ -361,17 +361,17 @@ const REDACTED_HEADERS: &[&str] = &[
 pub fn input_document(req: &RequestHeader, ctx: &RequestCtx) -> Rego {
     let mut headers: BTreeMap<Rego, Rego> = BTreeMap::new();
     for (name, value) in req.headers.iter() {
-        let key = name.as_str();
-        let v = if REDACTED_HEADERS.contains(&key) {
+        let v = if REDACTED_HEADERS.contains(&name.as_str()) {
             "[redacted]"
         } else {
             &String::from_utf8_lossy(value.as_bytes())
         };
-        match headers.get_mut(&Rego::from(key)) {
+        let key = Rego::from(name.as_str());
+        match headers.get_mut(&key) {
             // A repeated header: its values joined as HTTP joins them.
-            Some(prev) => *prev = Rego::from(format!("{}, {v}", prev.as_string().unwrap())),
-            None => {
-                headers.insert(Rego::from(key), Rego::from(v));
+            Some(Rego::String(prev)) => *prev = format!("{prev}, {v}").into(),
+            _ => {
+                headers.insert(key, Rego::from(v));
             }
         }
     }
@@ -388,7 +388,7 @@ pub fn input_document(req: &RequestHeader, ctx: &RequestCtx) -> Rego {
         }
     }
     let opt = |s: Option<&str>| s.map_or(Rego::Null, Rego::from);
-    let request: BTreeMap<Rego, Rego> = [
+    let request = rego_object([
         ("method", Rego::from(req.method.as_str())),
         ("path", Rego::from(req.uri.path())),
         ("query", Rego::from(query)),
@@ -398,12 +398,9 @@ pub fn input_document(req: &RequestHeader, ctx: &RequestCtx) -> Rego {
             ctx.client_ip
                 .map_or(Rego::Null, |ip| Rego::from(ip.to_string())),
         ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (Rego::from(k), v))
-    .collect();
+    ]);
     let mut input: BTreeMap<Rego, Rego> = BTreeMap::new();
-    input.insert(Rego::from("request"), Rego::from(request));
+    input.insert(Rego::from("request"), request);
     input.insert(
         Rego::from("route"),
         opt(ctx.route.as_ref().map(|r| &*r.route)),
@@ -413,17 +410,13 @@ pub fn input_document(req: &RequestHeader, ctx: &RequestCtx) -> Rego {
             let list = |l: &[String]| {
                 Rego::from(l.iter().map(|s| Rego::from(s.as_str())).collect::<Vec<_>>())
             };
-            let fields: BTreeMap<Rego, Rego> = [
+            rego_object([
                 ("token", Rego::from(identity.claims.clone())),
                 ("subject", opt(identity.subject.as_deref())),
                 ("tenant", opt(identity.tenant.as_deref())),
                 ("roles", list(&identity.roles)),
                 ("scopes", list(&identity.scopes)),
-            ]
-            .into_iter()
-            .map(|(k, v)| (Rego::from(k), v))
-            .collect();
-            Rego::from(fields)
+            ])
         }),
         None => &ANONYMOUS,
     };
@@ -435,18 +428,24 @@ pub fn input_document(req: &RequestHeader, ctx: &RequestCtx) -> Rego {
 
 /// The identity's part of the input when the request carries no verified token.
 static ANONYMOUS: once_cell::sync::Lazy<Rego> = once_cell::sync::Lazy::new(|| {
-    let fields: BTreeMap<Rego, Rego> = [
+    rego_object([
         ("token", Rego::Null),
         ("subject", Rego::Null),
         ("tenant", Rego::Null),
         ("roles", Rego::new_array()),
         ("scopes", Rego::new_array()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (Rego::from(k), v))
-    .collect();
-    Rego::from(fields)
+    ])
 });
+
+/// A Rego object with string keys.
+fn rego_object<const N: usize>(fields: [(&str, Rego); N]) -> Rego {
+    Rego::from(
+        fields
+            .into_iter()
+            .map(|(k, v)| (Rego::from(k), v))
+            .collect::<BTreeMap<Rego, Rego>>(),
+    )
+}
 
 impl Opa {
     pub fn build(cfg: &OpaConfig) -> std::result::Result<Self, String> {
