@@ -25,6 +25,10 @@
 # disturbed by other load), and for the proxies: start -> first proxied 200
 # (ms, polled with curl) and RSS (idle; after RSS_REQUESTS requests over
 # RSS_CONNECTIONS connections that are still open; peak; after they close).
+# Then, per target, a fixed-rate latency phase: `oha` offers RATE req/s over
+# CONNECTIONS connections (open loop, with latency correction, so a stall is
+# charged to every request it delays) and reports p50/p99/p99.9 below
+# saturation, where the proxy's own latency shows instead of wrk's queueing.
 # Printed as tables and written as markdown to RESULTS.
 #
 # Needs: nginx (/usr/sbin/nginx), wrk, curl, taskset. Binaries are built with
@@ -43,6 +47,9 @@
 #   NGINX [/usr/sbin/nginx]  TARGETS ["direct nginx bare stoa stoa-preset stoa-secure"]
 #   STARTUP_TIMEOUT [10] seconds   BUILD [0]   KEEP_TMP [0]
 #   PROXY_CPU [0]  LOAD_CPU [1]     RESULTS [benches/results/latest.md]
+#   RATE [10000] req/s (0: no fixed-rate phase)  RATE_DURATION [8s]
+#   OHA [oha on PATH, else target/tools/bin/oha]; when missing the phase is
+#             skipped with a note (install: cargo install --locked oha --root target/tools)
 set -u -o pipefail
 
 # The whole script is one compound command, so bash parses it completely
@@ -72,6 +79,9 @@ KEEP_TMP="${KEEP_TMP:-0}"
 PROXY_CPU="${PROXY_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 RESULTS="${RESULTS:-$ROOT/benches/results/latest.md}"
+RATE="${RATE:-10000}"
+RATE_DURATION="${RATE_DURATION:-8s}"
+OHA="${OHA:-$(command -v oha || echo "$ROOT/target/tools/bin/oha")}"
 
 log() { printf '[load %(%T)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -258,7 +268,7 @@ to_us() { # "123.4us" | "1.2ms" | "2.00s" -> microseconds
 }
 fmt_us() { awk -v u="$1" 'BEGIN { if (u == "nan" || u == "") print "-"; else if (u < 1000) printf "%.0fus", u; else printf "%.2fms", u / 1000 }'; }
 
-declare -A ALLRUNS RPS P50 P99 REQS ERRS PCPU BUSY EFF STARTUP RSS_IDLE RSS_PEAK RSS_OPEN RSS_AFTER RSS_HWM RSS_REQS NOTE
+declare -A ALLRUNS RATE_ROW RPS P50 P99 REQS ERRS PCPU BUSY EFF STARTUP RSS_IDLE RSS_PEAK RSS_OPEN RSS_AFTER RSS_HWM RSS_REQS NOTE
 
 run_wrk() { # run_wrk OUTFILE CONNS DURATION URL [extra wrk args]
   local out="$1" c="$2" d="$3" url="$4"
@@ -285,6 +295,32 @@ wrk_parse() { # wrk_parse FILE -> "rps p50us p99us requests errors"
     "$(to_us "$(awk '$1 == "99%" { print $2 }' "$f")")" \
     "$(awk '/requests in/ { print $1 }' "$f")" \
     "$(( ${sock:-0} + ${non2xx:-0} ))"
+}
+
+# rate_phase NAME URL: oha at RATE req/s -> RATE_ROW[NAME] = "achieved p50us p99us p999us non200"
+rate_phase() {
+  local name="$1" url="$2" out="$TMP/oha-$1.json"
+  [ "$RATE" -gt 0 ] 2>/dev/null || return 0
+  if [ ! -x "$OHA" ]; then
+    NOTE[_global]="oha not found ($OHA): no fixed-rate latency phase (cargo install --locked oha --root target/tools). "
+    return 0
+  fi
+  log "$name: fixed rate: oha -z $RATE_DURATION -c $CONNECTIONS -q $RATE $url"
+  taskset -c "$LOAD_CPU" "$OHA" -z "$RATE_DURATION" -c "$CONNECTIONS" -q "$RATE" --latency-correction \
+    --no-tui --output-format json ${AUTH_HEADER:+-H "$AUTH_HEADER"} "$url" >"$out" 2>"$out.err"
+  RATE_ROW[$name]="$(python3 - "$out" <<'PY' 2>/dev/null
+import json, sys
+d = json.load(open(sys.argv[1]))
+p = d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution") or {}
+# requests still in flight when -z ends are cancelled by oha itself: not failures
+errors = {e: n for e, n in (d.get("errorDistribution") or {}).items() if "aborted due to deadline" not in e}
+bad = sum(n for c, n in codes.items() if c != "200") + sum(errors.values())
+print("%.0f %.0f %.0f %.0f %d" % (d["summary"]["requestsPerSec"], p["p50"] * 1e6, p["p99"] * 1e6, p["p99.9"] * 1e6, bad))
+PY
+)"
+  [ -n "${RATE_ROW[$name]}" ] || { log "$name: oha produced no result:"; cat "$out.err" >&2; return 0; }
+  log "$name: at $RATE req/s: ${RATE_ROW[$name]} (achieved p50us p99us p99.9us failed)"
 }
 
 measure() { # measure NAME URL [PROXY_PID]
@@ -318,6 +354,7 @@ measure() { # measure NAME URL [PROXY_PID]
   fi
   read -r RPS[$name] P50[$name] P99[$name] REQS[$name] ERRS[$name] PCPU[$name] BUSY[$name] <<<"$line"
   log "$name: ${RPS[$name]} req/s, p50 $(fmt_us "${P50[$name]}"), p99 $(fmt_us "${P99[$name]}"), errors ${ERRS[$name]}, proxy cpu ${PCPU[$name]}%, cpu $PROXY_CPU busy ${BUSY[$name]}%"
+  rate_phase "$name" "$url"
 }
 
 rss_phase() { # rss_phase NAME PID URL
@@ -530,15 +567,24 @@ for t in $ALL_TARGETS; do
   ROWS+="$t|${RPS[$t]}|$(fmt_us "${P50[$t]}")|$(fmt_us "${P99[$t]}")|${REQS[$t]:-}|${ERRS[$t]:-}|${PCPU[$t]:--}|${BUSY[$t]:--}|${EFF[$t]}|${STARTUP[$t]:-}"$'\n'
 done
 
+RATEROWS=""
+for t in $ALL_TARGETS; do
+  [ -n "${RATE_ROW[$t]:-}" ] || continue
+  read -r ra r50 r99 r999 rbad <<<"${RATE_ROW[$t]}"
+  RATEROWS+="$t|$RATE|$ra|$(fmt_us "$r50")|$(fmt_us "$r99")|$(fmt_us "$r999")|$rbad"$'\n'
+done
+rate_p99() { [ -n "${RATE_ROW[$1]:-}" ] && awk '{print $3}' <<<"${RATE_ROW[$1]}"; }
+
 RATIOS=""
 add_ratio() { # add_ratio LABEL A B
-  local a="$2" b="$3" r1 r2 r3 r4
+  local a="$2" b="$3" r1 r2 r3 r4 r5
   [ -n "${RPS[$a]:-}" ] && [ -n "${RPS[$b]:-}" ] || return 0
   r1="$(ratio "${RPS[$a]}" "${RPS[$b]}")"
   r2="$(ratio "${P50[$a]}" "${P50[$b]}")"
   r3="$(ratio "${P99[$a]}" "${P99[$b]}")"
   r4="$(ratio "${EFF[$a]/-/}" "${EFF[$b]/-/}")"
-  RATIOS+="$1|$r1$(pct "$r1")|$r4$(pct "$r4")|$r2|$r3"$'\n'
+  r5="$(ratio "$(rate_p99 "$a")" "$(rate_p99 "$b")")"
+  RATIOS+="$1|$r1$(pct "$r1")|$r4$(pct "$r4")|$r2|$r3|$r5"$'\n'
 }
 add_ratio "stoa / bare pingora" stoa bare
 add_ratio "stoa / nginx" stoa nginx
@@ -571,7 +617,12 @@ print_table "target|req/s|p50|p99|requests|errors|proxy cpu%|cpu$PROXY_CPU busy%
 if [ -n "$RATIOS" ]; then
   echo
   echo "== ratios (req/s ratio > 1 = faster; latency ratio < 1 = faster)"
-  print_table "ratio|req/s|req/proxy-cpu-s|p50|p99" "$RATIOS"
+  print_table "ratio|req/s|req/proxy-cpu-s|p50|p99|p99 at $RATE req/s" "$RATIOS"
+fi
+if [ -n "$RATEROWS" ]; then
+  echo
+  echo "== latency at a fixed rate: oha -c$CONNECTIONS -q$RATE -z$RATE_DURATION --latency-correction"
+  print_table "target|offered req/s|achieved|p50|p99|p99.9|failed" "$RATEROWS"
 fi
 if [ -n "$RSSROWS" ]; then
   echo
@@ -611,7 +662,15 @@ mkdir -p "$(dirname "$RESULTS")"
     echo
     echo "req/s ratio above 1 means the first is faster; latency ratios below 1 mean the first is faster."
     echo
-    md_table "ratio|req/s|req per proxy CPU second|p50|p99" "$RATIOS"
+    md_table "ratio|req/s|req per proxy CPU second|p50|p99|p99 at $RATE req/s" "$RATIOS"
+  fi
+  if [ -n "$RATEROWS" ]; then
+    echo
+    echo "## Latency at a fixed rate"
+    echo
+    echo "\`oha -c$CONNECTIONS -q$RATE -z$RATE_DURATION --latency-correction\` (open loop: requests are due every 1/$RATE s and a late one is charged from when it was due), oha pinned to CPU $LOAD_CPU with the upstream. Below saturation, so these are the proxy's own latencies rather than wrk's queueing."
+    echo
+    md_table "target|offered req/s|achieved req/s|p50|p99|p99.9|failed (non-200 or error)" "$RATEROWS"
   fi
   if [ -n "$RSSROWS" ]; then
     echo
