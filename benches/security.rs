@@ -1,7 +1,9 @@
 //! Criterion micro-benchmarks of the proxy security chain's building blocks: one JWT
-//! verification (RS256 and ES256, uncached and through the token cache), one OPA evaluation of
-//! the shipped example policy (regorus' bytecode VM, which the filter uses, and its interpreter), and one rate-limit check (local
-//! governor, and Redis when `redis-server` is installed: one Lua GCRA round trip).
+//! verification (RS256 and ES256, uncached and through the token cache); one OPA evaluation of
+//! the shipped example policy (regorus' bytecode VM, which the filter uses, and its
+//! interpreter), and the filter's whole per-request work (input document plus VM evaluation);
+//! one rate-limit check (local governor, and Redis when `redis-server` is installed: one Lua
+//! GCRA round trip).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -101,8 +103,37 @@ fn opa_eval(c: &mut Criterion) {
         g.bench_function(format!("{name}_interpreter"), |b| {
             b.iter(|| stoa_filters::opa::evaluate(&interpreter, black_box(input.clone())).unwrap())
         });
+        // What the filter does per request: the input built from the request and a (token
+        // cached) identity, then one VM evaluation.
+        let (req, ctx) = policy_request();
+        g.bench_function(format!("{name}_request_input_and_vm"), |b| {
+            b.iter(|| {
+                let input = stoa_filters::opa::input_document(black_box(&req), &ctx);
+                policy.evaluate(input).unwrap()
+            })
+        });
     }
     g.finish();
+}
+
+/// A request as the `opa` filter sees it, with the identity the `jwt` filter left.
+fn policy_request() -> (pingora_http::RequestHeader, stoa_filters::RequestCtx) {
+    let mut req =
+        pingora_http::RequestHeader::build("GET", b"/api/orders/42?page=2", None).unwrap();
+    req.insert_header("host", "api.example").unwrap();
+    req.insert_header("user-agent", "bench").unwrap();
+    req.insert_header("authorization", "Bearer x.y.z").unwrap();
+    let mut ctx = stoa_filters::RequestCtx::new("bench".into());
+    ctx.client_ip = Some("10.0.0.1".parse().unwrap());
+    ctx.identity = Some(std::sync::Arc::new(stoa_filters::context::Identity {
+        subject: Some("u".into()),
+        tenant: Some("acme".into()),
+        roles: vec!["user".into()],
+        scopes: vec!["read".into()],
+        claims: serde_json::json!({"sub": "u", "tenant": "acme"}),
+        ..Default::default()
+    }));
+    (req, ctx)
 }
 
 struct RedisProcess(Child);
