@@ -2,7 +2,8 @@
 # Installs what building, testing and benchmarking stoa-gateway need, idempotently:
 # Debian packages (cmake and OpenSSL headers for Pingora, openssl for test certificates,
 # nginx and wrk for the load benchmark, redis-server for the Redis rate-limiting integration
-# tests, which start a real redis-server per test) and cargo-nextest when it is missing.
+# tests, which start a real redis-server per test), the official MCP Python SDK the MCP
+# integration tests drive the gateway with, and cargo-nextest when it is missing.
 set -euo pipefail
 
 packages=(cmake pkg-config libssl-dev openssl curl nginx-light wrk redis-server)
@@ -16,6 +17,12 @@ if ((${#missing[@]})); then
   [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The MCP tests' client: the official Python SDK, pinned.
+MCP_SDK_VERSION="2.3.0"
+if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("mcp"))' 2>/dev/null)" != "$MCP_SDK_VERSION" ]]; then
+  echo "install-deps: installing the MCP Python SDK (mcp==$MCP_SDK_VERSION)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "mcp==$MCP_SDK_VERSION"
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "install-deps: installing cargo-nextest"

@@ -9,6 +9,7 @@ pub mod cors;
 pub mod filter;
 pub mod headers;
 pub mod jwt;
+pub mod mcp;
 pub mod metrics;
 pub mod opa;
 pub mod rate_limit;

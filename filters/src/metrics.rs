@@ -2,7 +2,10 @@
 //! registry, which the gateway's `/metrics` renders after its own.
 
 use once_cell::sync::Lazy;
-use prometheus::{register_int_counter_vec_with_registry, IntCounterVec, Registry};
+use prometheus::{
+    register_histogram_vec_with_registry, register_int_counter_vec_with_registry, HistogramVec,
+    IntCounterVec, Registry,
+};
 
 pub struct FilterMetrics {
     pub registry: Registry,
@@ -16,6 +19,10 @@ pub struct FilterMetrics {
     pub rate_limit_decisions: IntCounterVec,
     /// `stoa_rate_limit_backend_failures_total{mode}`: Redis errors or timeouts, by fail mode.
     pub rate_limit_backend_failures: IntCounterVec,
+    /// `mcp_requests_total{method,tool,status}`: MCP requests answered by the `mcp` filter.
+    pub mcp_requests: IntCounterVec,
+    /// `mcp_tool_call_duration_seconds{tool}`: backend time of `tools/call`.
+    pub mcp_tool_duration: HistogramVec,
 }
 
 pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
@@ -49,6 +56,19 @@ pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
             "Rate-limit checks Redis could not answer in time, by the fail mode applied",
             &["mode"],
         ),
+        mcp_requests: counter(
+            "mcp_requests_total",
+            "MCP requests answered by the mcp filter, by method, tool (tools/call) and status",
+            &["method", "tool", "status"],
+        ),
+        mcp_tool_duration: register_histogram_vec_with_registry!(
+            "mcp_tool_call_duration_seconds",
+            "Time of tools/call backend calls, by tool",
+            &["tool"],
+            vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            registry
+        )
+        .expect("metric"),
         registry,
     }
 });

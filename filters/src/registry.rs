@@ -13,6 +13,7 @@ use crate::cors::{Cors, CorsConfig};
 use crate::filter::Filter;
 use crate::headers::{Headers, HeadersConfig};
 use crate::jwt::{Jwt, JwtConfig};
+use crate::mcp::{Mcp, McpConfig};
 use crate::opa::{Opa, OpaConfig};
 use crate::rate_limit::{RateLimit, RateLimitConfig};
 use crate::request_id::{RequestId, RequestIdConfig};
@@ -34,6 +35,7 @@ pub enum FilterConfig {
     Jwt(JwtConfig),
     Opa(OpaConfig),
     RateLimit(RateLimitConfig),
+    Mcp(McpConfig),
 }
 
 /// The filter type names the registry knows.
@@ -47,6 +49,7 @@ pub const FILTER_TYPES: &[&str] = &[
     "jwt",
     "opa",
     "rate_limit",
+    "mcp",
 ];
 
 impl<'de> Deserialize<'de> for FilterConfig {
@@ -86,6 +89,7 @@ impl<'de> Visitor<'de> for FilterConfigVisitor {
             "jwt" => FilterConfig::Jwt(JwtConfig::deserialize(rest)?),
             "opa" => FilterConfig::Opa(OpaConfig::deserialize(rest)?),
             "rate_limit" => FilterConfig::RateLimit(RateLimitConfig::deserialize(rest)?),
+            "mcp" => FilterConfig::Mcp(McpConfig::deserialize(rest)?),
             other => return Err(de::Error::unknown_variant(other, FILTER_TYPES)),
         })
     }
@@ -109,6 +113,7 @@ impl FilterConfig {
             FilterConfig::Jwt(_) => "jwt",
             FilterConfig::Opa(_) => "opa",
             FilterConfig::RateLimit(_) => "rate_limit",
+            FilterConfig::Mcp(_) => "mcp",
         }
     }
 }
@@ -125,5 +130,6 @@ pub fn build_filter(cfg: &FilterConfig, bctx: &BuildContext) -> Result<Arc<dyn F
         FilterConfig::Jwt(c) => Arc::new(Jwt::build(c)?),
         FilterConfig::Opa(c) => Arc::new(Opa::build(c)?),
         FilterConfig::RateLimit(c) => Arc::new(RateLimit::build(c)?),
+        FilterConfig::Mcp(c) => Arc::new(Mcp::build(c)?),
     })
 }

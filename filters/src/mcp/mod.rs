@@ -1,0 +1,618 @@
+//! `mcp` filter: terminates the Model Context Protocol's Streamable HTTP transport at one path
+//! (`/mcp`) and serves the tools of its registry. POST carries JSON-RPC messages (answered as
+//! `application/json`; notifications and responses get 202), DELETE ends a session, GET (the
+//! server-initiated stream) is 405. Sessions are sealed into `Mcp-Session-Id` (see `session`),
+//! versions 2024-11-05 to 2025-11-25 are negotiated by `initialize`, `Origin` is checked
+//! against DNS rebinding, and bad input gets the JSON-RPC error object with the right id.
+
+pub mod jsonrpc;
+pub mod session;
+pub mod tools;
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use bytes::Bytes;
+use once_cell::sync::Lazy;
+use pingora_core::Result;
+use pingora_proxy::Session;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tracing::warn;
+
+use crate::context::RequestCtx;
+use crate::filter::{phase, Filter, FilterAction, LocalResponse};
+use crate::metrics::FILTER_METRICS;
+use crate::units::{ByteSize, HumanDuration};
+use jsonrpc::{
+    Incoming, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
+};
+use session::{SessionError, SessionSealer};
+use tools::{ToolConfig, ToolRegistry};
+
+/// Protocol versions negotiated by `initialize`, oldest first.
+pub const PROTOCOL_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+/// The session secret's environment variable (shared by all replicas).
+pub const SESSION_SECRET_ENV: &str = "STOA_MCP_SESSION_SECRET";
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// The endpoint path.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// `serverInfo.name` in `initialize`.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// Extra `Origin`s allowed besides localhost ones (`http://localhost:*`, `http://127.0.0.1:*`,
+    /// `http://[::1]:*`); `"*"` allows any. Requests without `Origin` are not browsers and pass.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// HMAC key sealing session ids; replicas must share it. Default: `STOA_MCP_SESSION_SECRET`,
+    /// else a random key per process (sessions then end with the process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_secret: Option<String>,
+    /// How long a session lives after `initialize`.
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl: HumanDuration,
+    /// The largest POST body accepted (413 above).
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    /// Tools per `tools/list` page.
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
+    #[serde(default)]
+    pub tools: Vec<ToolConfig>,
+}
+
+fn default_path() -> String {
+    "/mcp".into()
+}
+fn default_server_name() -> String {
+    "stoa-gateway".into()
+}
+fn default_session_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_page_size() -> usize {
+    100
+}
+
+/// The process's own session key, when none is configured: the same across reloads.
+static PROCESS_SECRET: Lazy<Vec<u8>> = Lazy::new(|| {
+    warn!(
+        "mcp: no session_secret and no {SESSION_SECRET_ENV}: sessions are sealed with a random key \
+         and end when this process does (set one shared secret for restarts and replicas)"
+    );
+    let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
+    key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key
+});
+
+pub struct Mcp {
+    path: String,
+    server_name: String,
+    allowed_origins: Vec<String>,
+    sealer: SessionSealer,
+    max_body: u64,
+    page_size: usize,
+    registry: ToolRegistry,
+    client: reqwest::Client,
+}
+
+/// A reply to one POST: status, JSON body (none for 202) and headers.
+struct Reply {
+    status: u16,
+    body: Option<Value>,
+    headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    fn json(status: u16, body: Value) -> Self {
+        Reply {
+            status,
+            body: Some(body),
+            headers: Vec::new(),
+        }
+    }
+    fn accepted() -> Self {
+        Reply {
+            status: 202,
+            body: None,
+            headers: Vec::new(),
+        }
+    }
+    fn into_local(self) -> LocalResponse {
+        let mut resp = LocalResponse::new(self.status);
+        resp.headers = self.headers;
+        if let Some(body) = self.body {
+            resp.headers
+                .push(("content-type".into(), "application/json".into()));
+            resp.body = Bytes::from(body.to_string());
+        }
+        resp
+    }
+}
+
+/// A protocol error answered with an HTTP status and a JSON-RPC error without id.
+fn http_error(status: u16, code: i64, message: &str) -> Reply {
+    Reply::json(status, jsonrpc::error(Value::Null, code, message))
+}
+
+fn is_local_origin(origin: &str) -> bool {
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let Some(rest) = rest else { return false };
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().map(|h| format!("[{h}]")),
+        None => rest.split(':').next().map(str::to_string),
+    };
+    matches!(host.as_deref(), Some("localhost" | "127.0.0.1" | "[::1]"))
+}
+
+/// Negotiate: the client's version when we speak it, else our latest.
+fn negotiate(requested: &str) -> &'static str {
+    PROTOCOL_VERSIONS
+        .iter()
+        .find(|v| **v == requested)
+        .copied()
+        .unwrap_or(PROTOCOL_VERSIONS[PROTOCOL_VERSIONS.len() - 1])
+}
+
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "initialize" => "initialize",
+        "ping" => "ping",
+        "tools/list" => "tools/list",
+        "tools/call" => "tools/call",
+        _ => "other",
+    }
+}
+
+impl Mcp {
+    pub fn build(cfg: &McpConfig) -> std::result::Result<Self, String> {
+        if !cfg.path.starts_with('/') {
+            return Err("path: must start with `/`".into());
+        }
+        if cfg.page_size == 0 {
+            return Err("page_size: must be at least 1".into());
+        }
+        if cfg.session_ttl.0 > Duration::from_secs(30 * 24 * 3600) {
+            return Err("session_ttl: at most 30 days".into());
+        }
+        let registry = ToolRegistry::build(&cfg.tools)?;
+        let secret = match &cfg.session_secret {
+            Some(s) if s.len() < 16 => {
+                return Err("session_secret: use at least 16 characters".into())
+            }
+            Some(s) => s.as_bytes().to_vec(),
+            None => match std::env::var(SESSION_SECRET_ENV) {
+                Ok(s) if s.len() >= 16 => s.into_bytes(),
+                Ok(_) => return Err(format!("{SESSION_SECRET_ENV}: use at least 16 characters")),
+                Err(_) => PROCESS_SECRET.clone(),
+            },
+        };
+        let client = reqwest::Client::builder()
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Mcp {
+            path: cfg.path.clone(),
+            server_name: cfg.server_name.clone(),
+            allowed_origins: cfg.allowed_origins.clone(),
+            sealer: SessionSealer::new(&secret, cfg.session_ttl.0),
+            max_body: cfg.max_body.0,
+            page_size: cfg.page_size,
+            registry,
+            client,
+        })
+    }
+
+    fn origin_allowed(&self, origin: &str) -> bool {
+        is_local_origin(origin)
+            || self
+                .allowed_origins
+                .iter()
+                .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+
+    /// Read the whole body, or `None` when it exceeds `max_body`.
+    async fn read_body(&self, session: &mut Session) -> Result<Option<Vec<u8>>> {
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if (body.len() + chunk.len()) as u64 > self.max_body {
+                return Ok(None);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(body))
+    }
+
+    async fn post(&self, session: &mut Session) -> Result<Reply> {
+        let req = session.req_header();
+        let header = |name: &str| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        if let Some(accept) = header("accept") {
+            let a = accept.to_ascii_lowercase();
+            if !(a.contains("application/json") || a.contains("*/*") || a.contains("application/*"))
+            {
+                return Ok(http_error(
+                    406,
+                    INVALID_REQUEST,
+                    "Accept must include application/json",
+                ));
+            }
+        }
+        if let Some(ct) = header("content-type") {
+            if !ct.to_ascii_lowercase().starts_with("application/json") {
+                return Ok(http_error(
+                    415,
+                    INVALID_REQUEST,
+                    "Content-Type must be application/json",
+                ));
+            }
+        }
+        let session_id = header(SESSION_HEADER);
+        let version_header = header(VERSION_HEADER);
+        let Some(body) = self.read_body(session).await? else {
+            return Ok(http_error(
+                413,
+                INVALID_REQUEST,
+                &format!("the request body exceeds {} bytes", self.max_body),
+            ));
+        };
+        let message: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return Ok(http_error(400, PARSE_ERROR, &format!("parse error: {e}"))),
+        };
+        if let Some(v) = &version_header {
+            if !PROTOCOL_VERSIONS.contains(&v.as_str()) {
+                return Ok(http_error(
+                    400,
+                    INVALID_REQUEST,
+                    &format!(
+                        "unsupported MCP-Protocol-Version `{v}` (supported: {})",
+                        PROTOCOL_VERSIONS.join(", ")
+                    ),
+                ));
+            }
+        }
+        // `initialize` opens a session; everything else needs one.
+        let is_initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
+        if is_initialize {
+            return Ok(self.handle_initialize(&message));
+        }
+        let Some(id) = session_id else {
+            return Ok(http_error(
+                400,
+                INVALID_REQUEST,
+                "missing Mcp-Session-Id header (initialize first)",
+            ));
+        };
+        let state = match self.sealer.open(&id) {
+            Ok(s) => s,
+            Err(e) => {
+                let why = match e {
+                    SessionError::Unknown => "unknown session",
+                    SessionError::Expired => "session expired",
+                    SessionError::Terminated => "session terminated",
+                };
+                return Ok(http_error(
+                    404,
+                    INVALID_REQUEST,
+                    &format!("{why}: initialize a new one"),
+                ));
+            }
+        };
+        if let Some(v) = &version_header {
+            if *v != state.protocol_version {
+                return Ok(http_error(
+                    400,
+                    INVALID_REQUEST,
+                    &format!(
+                        "MCP-Protocol-Version `{v}` is not this session's `{}`",
+                        state.protocol_version
+                    ),
+                ));
+            }
+        }
+        let version = state.protocol_version.as_str();
+        match message {
+            Value::Array(batch) => {
+                if version != "2025-03-26" {
+                    return Ok(Reply::json(
+                        400,
+                        jsonrpc::error(
+                            Value::Null,
+                            INVALID_REQUEST,
+                            &format!("JSON-RPC batches are not part of protocol version {version}"),
+                        ),
+                    ));
+                }
+                if batch.is_empty() {
+                    return Ok(Reply::json(
+                        400,
+                        jsonrpc::error(Value::Null, INVALID_REQUEST, "empty batch"),
+                    ));
+                }
+                let mut replies = Vec::new();
+                for m in &batch {
+                    if let Some(r) = self.handle_message(m, version).await {
+                        replies.push(r);
+                    }
+                }
+                Ok(if replies.is_empty() {
+                    Reply::accepted()
+                } else {
+                    Reply::json(200, Value::Array(replies))
+                })
+            }
+            single => Ok(match self.handle_message(&single, version).await {
+                Some(reply) => Reply::json(200, reply),
+                None => Reply::accepted(),
+            }),
+        }
+    }
+
+    fn handle_initialize(&self, message: &Value) -> Reply {
+        let (id, params) = match jsonrpc::classify(message) {
+            Ok(Incoming::Request { id, params, .. }) => (id, params),
+            Ok(_) => {
+                return Reply::json(
+                    400,
+                    jsonrpc::error(
+                        Value::Null,
+                        INVALID_REQUEST,
+                        "initialize must be a request with an id",
+                    ),
+                )
+            }
+            Err(e) => return Reply::json(400, e.0),
+        };
+        let Some(requested) = params.get("protocolVersion").and_then(Value::as_str) else {
+            self.count("initialize", "", "error");
+            return Reply::json(
+                200,
+                jsonrpc::error(
+                    id,
+                    INVALID_PARAMS,
+                    "params.protocolVersion (a string) is required",
+                ),
+            );
+        };
+        let version = negotiate(requested);
+        let result = json!({
+            "protocolVersion": version,
+            "capabilities": {"tools": {"listChanged": false}},
+            "serverInfo": {"name": self.server_name, "version": env!("CARGO_PKG_VERSION")},
+        });
+        self.count("initialize", "", "ok");
+        let mut reply = Reply::json(200, jsonrpc::result(id, result));
+        reply
+            .headers
+            .push((SESSION_HEADER.into(), self.sealer.seal(version)));
+        reply
+    }
+
+    fn count(&self, method: &str, tool: &str, status: &str) {
+        FILTER_METRICS
+            .mcp_requests
+            .with_label_values(&[method_label(method), tool, status])
+            .inc();
+    }
+
+    /// Handle one message of an open session: the JSON-RPC reply, or `None` (notification,
+    /// response).
+    async fn handle_message(&self, message: &Value, version: &str) -> Option<Value> {
+        let (id, method, params) = match jsonrpc::classify(message) {
+            Ok(Incoming::Request { id, method, params }) => (id, method, params),
+            Ok(Incoming::Notification { .. } | Incoming::Response) => return None,
+            Err(e) => return Some(e.0),
+        };
+        let outcome = match method.as_str() {
+            "ping" => Ok(json!({})),
+            "initialize" => Err((INVALID_REQUEST, "initialize cannot be batched".to_string())),
+            "tools/list" => self.list_tools(&params),
+            "tools/call" => return Some(self.call_tool(id, &params, version).await),
+            _ => Err((METHOD_NOT_FOUND, format!("method not found: {method}"))),
+        };
+        Some(match outcome {
+            Ok(result) => {
+                self.count(&method, "", "ok");
+                jsonrpc::result(id, result)
+            }
+            Err((code, message)) => {
+                self.count(&method, "", "error");
+                jsonrpc::error(id, code, &message)
+            }
+        })
+    }
+
+    fn list_tools(&self, params: &Value) -> std::result::Result<Value, (i64, String)> {
+        let start = match params.get("cursor") {
+            None | Some(Value::Null) => 0,
+            Some(Value::String(c)) => B64
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| {
+                    s.strip_prefix("offset:")
+                        .and_then(|n| n.parse::<usize>().ok())
+                })
+                .filter(|n| *n <= self.registry.tools.len())
+                .ok_or((INVALID_PARAMS, "invalid cursor".to_string()))?,
+            Some(_) => return Err((INVALID_PARAMS, "cursor must be a string".into())),
+        };
+        let end = (start + self.page_size).min(self.registry.tools.len());
+        let tools: Vec<Value> = self.registry.tools[start..end]
+            .iter()
+            .map(|t| t.descriptor.clone())
+            .collect();
+        let mut result = json!({ "tools": tools });
+        if end < self.registry.tools.len() {
+            result["nextCursor"] = json!(B64.encode(format!("offset:{end}")));
+        }
+        Ok(result)
+    }
+
+    async fn call_tool(&self, id: Value, params: &Value, version: &str) -> Value {
+        let Some(name) = params.get("name").and_then(Value::as_str) else {
+            self.count("tools/call", "", "error");
+            return jsonrpc::error(id, INVALID_PARAMS, "params.name (a string) is required");
+        };
+        let Some(tool) = self.registry.get(name).cloned() else {
+            self.count("tools/call", "unknown", "error");
+            return jsonrpc::error(id, INVALID_PARAMS, &format!("unknown tool: {name}"));
+        };
+        let arguments = match params.get("arguments") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(a)) => a.clone(),
+            Some(_) => {
+                self.count("tools/call", name, "error");
+                return jsonrpc::error(id, INVALID_PARAMS, "params.arguments must be an object");
+            }
+        };
+        let violations = tool.violations(&Value::Object(arguments.clone()));
+        if !violations.is_empty() {
+            // A tool execution error (not a protocol error), so the model can correct itself.
+            self.count("tools/call", name, "invalid_arguments");
+            let text = format!("invalid arguments for `{name}`: {}", violations.join("; "));
+            return jsonrpc::result(
+                id,
+                json!({"content": [{"type": "text", "text": text}], "isError": true}),
+            );
+        }
+        let started = Instant::now();
+        let client = self.client.clone();
+        let call_tool = tool.clone();
+        let outcome = crate::background::handle()
+            .spawn(async move { call_tool.call(&client, &arguments).await })
+            .await;
+        FILTER_METRICS
+            .mcp_tool_duration
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                self.count("tools/call", name, "error");
+                return jsonrpc::error(id, INTERNAL_ERROR, &format!("the tool call failed: {e}"));
+            }
+        };
+        self.count(
+            "tools/call",
+            name,
+            if outcome.is_error { "tool_error" } else { "ok" },
+        );
+        let mut result = json!({
+            "content": [{"type": "text", "text": outcome.text}],
+            "isError": outcome.is_error,
+        });
+        // structuredContent exists from 2025-06-18 on.
+        if let Some(s) = outcome.structured {
+            if version >= "2025-06-18" {
+                result["structuredContent"] = s;
+            }
+        }
+        jsonrpc::result(id, result)
+    }
+}
+
+#[async_trait]
+impl Filter for Mcp {
+    fn name(&self) -> &'static str {
+        "mcp"
+    }
+
+    fn phases(&self) -> u8 {
+        phase::REQUEST
+    }
+
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<FilterAction> {
+        let req = session.req_header();
+        if req.uri.path() != self.path {
+            return Ok(FilterAction::Continue);
+        }
+        if let Some(origin) = req.headers.get("origin").and_then(|v| v.to_str().ok()) {
+            if !self.origin_allowed(origin) {
+                ctx.reject("mcp", "origin");
+                return Ok(FilterAction::Respond(
+                    http_error(403, INVALID_REQUEST, "Origin not allowed").into_local(),
+                ));
+            }
+        }
+        let method = req.method.clone();
+        let session_id = req
+            .headers
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let reply = match method.as_str() {
+            "POST" => self.post(session).await?,
+            "DELETE" => match session_id.as_deref() {
+                None => http_error(400, INVALID_REQUEST, "missing Mcp-Session-Id header"),
+                Some(id) => match self.sealer.open(id) {
+                    Ok(_) => {
+                        self.sealer.terminate(id);
+                        Reply {
+                            status: 204,
+                            body: None,
+                            headers: Vec::new(),
+                        }
+                    }
+                    Err(_) => http_error(404, INVALID_REQUEST, "unknown session"),
+                },
+            },
+            _ => {
+                let mut r = http_error(
+                    405,
+                    INVALID_REQUEST,
+                    "this endpoint takes POST (messages) and DELETE (end a session); it offers no GET stream",
+                );
+                r.headers.push(("allow".into(), "POST, DELETE".into()));
+                r
+            }
+        };
+        if reply.status >= 400 {
+            ctx.reject("mcp", "protocol");
+        }
+        Ok(FilterAction::Respond(reply.into_local()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_origins() {
+        assert!(is_local_origin("http://localhost:3000"));
+        assert!(is_local_origin("http://127.0.0.1"));
+        assert!(is_local_origin("https://[::1]:8443"));
+        assert!(!is_local_origin("http://evil.example"));
+        assert!(!is_local_origin("http://localhost.evil.example"));
+        assert!(!is_local_origin("null"));
+    }
+
+    #[test]
+    fn version_negotiation() {
+        assert_eq!(negotiate("2025-03-26"), "2025-03-26");
+        assert_eq!(negotiate("2024-11-05"), "2024-11-05");
+        assert_eq!(negotiate("1999-01-01"), "2025-11-25");
+    }
+}

@@ -1,0 +1,148 @@
+//! MCP sessions sealed into the `Mcp-Session-Id` itself: the negotiated protocol version and the
+//! issue time, signed with HMAC-SHA256 under a secret the replicas share. Any gateway process
+//! holding the secret accepts the session, so sessions survive a restart and need neither
+//! sticky load balancing nor a shared store. A `DELETE` is remembered (until the session would
+//! have expired anyway) by the process that received it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// What a session id carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionState {
+    /// The protocol version negotiated by `initialize`.
+    pub protocol_version: String,
+    /// Unix seconds when the session was created.
+    pub issued_at: u64,
+}
+
+/// Why a session id is refused.
+#[derive(Debug, PartialEq)]
+pub enum SessionError {
+    /// Not ours: malformed, or signed with another secret.
+    Unknown,
+    /// Older than the session TTL.
+    Expired,
+    /// Ended by a `DELETE`.
+    Terminated,
+}
+
+pub struct SessionSealer {
+    key: Vec<u8>,
+    ttl: Duration,
+    terminated: moka::sync::Cache<String, ()>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl SessionSealer {
+    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+        SessionSealer {
+            key: secret.to_vec(),
+            ttl,
+            terminated: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    fn mac(&self, payload: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(payload);
+        mac
+    }
+
+    /// A new session id for `protocol_version` (visible ASCII, as the spec requires).
+    pub fn seal(&self, protocol_version: &str) -> String {
+        let payload = format!(
+            "v1|{protocol_version}|{}|{}",
+            unix_now(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let tag = self.mac(payload.as_bytes()).finalize().into_bytes();
+        format!("{}.{}", B64.encode(payload), B64.encode(tag))
+    }
+
+    /// The state a session id carries, if it is ours, live and not terminated.
+    pub fn open(&self, id: &str) -> Result<SessionState, SessionError> {
+        let (payload, tag) = id.split_once('.').ok_or(SessionError::Unknown)?;
+        let payload = B64.decode(payload).map_err(|_| SessionError::Unknown)?;
+        let tag = B64.decode(tag).map_err(|_| SessionError::Unknown)?;
+        self.mac(&payload)
+            .verify_slice(&tag)
+            .map_err(|_| SessionError::Unknown)?;
+        let payload = String::from_utf8(payload).map_err(|_| SessionError::Unknown)?;
+        let mut parts = payload.split('|');
+        let (Some("v1"), Some(version), Some(issued), Some(_nonce), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(SessionError::Unknown);
+        };
+        let issued_at: u64 = issued.parse().map_err(|_| SessionError::Unknown)?;
+        if issued_at + self.ttl.as_secs() < unix_now() {
+            return Err(SessionError::Expired);
+        }
+        if self.terminated.contains_key(id) {
+            return Err(SessionError::Terminated);
+        }
+        Ok(SessionState {
+            protocol_version: version.to_string(),
+            issued_at,
+        })
+    }
+
+    /// End a session (`DELETE`): later requests with this id get 404 here.
+    pub fn terminate(&self, id: &str) {
+        self.terminated.insert(id.to_string(), ());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_ids_open_on_any_sealer_with_the_same_secret() {
+        let a = SessionSealer::new(b"shared", Duration::from_secs(60));
+        let b = SessionSealer::new(b"shared", Duration::from_secs(60));
+        let id = a.seal("2025-06-18");
+        assert!(id.bytes().all(|c| (0x21..=0x7e).contains(&c)));
+        assert_eq!(b.open(&id).unwrap().protocol_version, "2025-06-18");
+        let other = SessionSealer::new(b"other", Duration::from_secs(60));
+        assert_eq!(other.open(&id), Err(SessionError::Unknown));
+        assert_eq!(a.open("nonsense"), Err(SessionError::Unknown));
+        // Tampering with the payload breaks the signature.
+        let (_, tag) = id.split_once('.').unwrap();
+        let forged = format!("{}.{tag}", B64.encode("v1|2025-06-18|9999999999|x"));
+        assert_eq!(a.open(&forged), Err(SessionError::Unknown));
+    }
+
+    #[test]
+    fn terminated_and_expired_sessions_are_refused() {
+        let s = SessionSealer::new(b"k", Duration::from_secs(60));
+        let id = s.seal("2025-03-26");
+        s.terminate(&id);
+        assert_eq!(s.open(&id), Err(SessionError::Terminated));
+        let short = SessionSealer::new(b"k", Duration::from_secs(0));
+        let payload = format!("v1|2025-03-26|{}|n", unix_now() - 5);
+        let tag = short.mac(payload.as_bytes()).finalize().into_bytes();
+        let old = format!("{}.{}", B64.encode(&payload), B64.encode(tag));
+        assert_eq!(short.open(&old), Err(SessionError::Expired));
+    }
+}

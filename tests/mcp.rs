@@ -1,0 +1,565 @@
+//! The `mcp` filter end to end: the real binary terminating MCP's Streamable HTTP transport,
+//! tools calling a real REST API written here, the official Python SDK (`mcp`) as the client,
+//! raw JSON-RPC for the error paths, and sessions shared by two gateway processes behind a
+//! third one used as a plain round-robin load balancer.
+
+mod common;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post as post_route};
+use axum::Json;
+use common::*;
+use serde_json::{json, Value};
+
+const SECRET: &str = "test-session-secret-0123456789";
+
+/// The REST API the tools call: users by id, a search, and order creation (which records the
+/// bodies it received).
+struct Api {
+    addr: std::net::SocketAddr,
+    orders: Arc<Mutex<Vec<Value>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn api() -> Api {
+    let orders: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/users/{id}",
+            get(|Path(id): Path<u64>| async move {
+                if id == 404 {
+                    (
+                        StatusCode::NOT_FOUND,
+                        Json(json!({"error": "no such user"})),
+                    )
+                } else {
+                    (
+                        StatusCode::OK,
+                        Json(json!({"id": id, "name": format!("user-{id}")})),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/search",
+            get(
+                |Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                    Json(json!([{"name": q.get("q").cloned().unwrap_or_default()}]))
+                },
+            ),
+        )
+        .route(
+            "/tenants/{tenant}/orders",
+            post_route(
+                |State(orders): State<Arc<Mutex<Vec<Value>>>>,
+                 Path(tenant): Path<String>,
+                 Json(body): Json<Value>| async move {
+                    orders.lock().unwrap().push(body.clone());
+                    Json(json!({"tenant": tenant, "order": body, "status": "created"}))
+                },
+            ),
+        )
+        .with_state(orders.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    Api {
+        addr,
+        orders,
+        _task: tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        }),
+    }
+}
+
+/// A gateway whose one listener serves MCP at /mcp with three tools over `api`.
+fn mcp_config(api: &Api, extra: &str) -> String {
+    let a = api.addr;
+    format!(
+        r#"
+listeners:
+  - name: mcp
+    address: "127.0.0.1:@PORT@"
+    chains: [mcp]
+chains:
+  mcp:
+    - type: mcp
+      page_size: 2
+      session_secret: "{SECRET}"
+      allowed_origins: ["https://agent.example"]
+{extra}      tools:
+        - name: get_user
+          description: Look a user up by id
+          input_schema:
+            type: object
+            required: [id]
+            properties: {{ id: {{ type: integer, minimum: 1 }} }}
+          annotations: {{ readOnlyHint: true }}
+          backend: {{ url: "http://{a}/users/{{id}}" }}
+        - name: search_users
+          description: Search users by name
+          input_schema:
+            type: object
+            required: [q]
+            properties: {{ q: {{ type: string }} }}
+          backend: {{ url: "http://{a}/search", query: [q] }}
+        - name: create_order
+          description: Create an order for a tenant
+          input_schema:
+            type: object
+            required: [tenant, item]
+            properties:
+              tenant: {{ type: string }}
+              item: {{ type: string }}
+              quantity: {{ type: integer }}
+          backend: {{ method: POST, url: "http://{a}/tenants/{{tenant}}/orders", timeout: 2s }}
+"#
+    )
+}
+
+/// Run the Python SDK client; its JSON output.
+fn python_client(url: &str, scenario: &str, args: &[&str]) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(url)
+        .arg(scenario)
+        .args(args)
+        .output()
+        .expect("python3 runs (the test command installs the `mcp` package)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the SDK client failed: {stdout}\nstderr:\n{stderr}"
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_lists_and_calls_rest_tools() {
+    let api = api().await;
+    let gw = Gateway::start(&mcp_config(&api, "")).await;
+    let out = tokio::task::spawn_blocking({
+        let url = gw.url("/mcp");
+        move || {
+            python_client(
+                &url,
+                "tools",
+                &[
+                    r#"get_user={"id": 42}"#,
+                    r#"get_user={"id": 404}"#,
+                    r#"get_user={"id": 0}"#,
+                    r#"search_users={"q": "ada lovelace"}"#,
+                    r#"create_order={"tenant": "acme corp", "item": "book", "quantity": 2}"#,
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(out["initialize"]["protocolVersion"], "2025-11-25", "{out}");
+    assert_eq!(out["initialize"]["serverInfo"]["name"], "stoa-gateway");
+    // Three tools over two pages of two (cursor pagination).
+    assert_eq!(out["pages"], 2, "{out}");
+    let names: Vec<&str> = out["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["get_user", "search_users", "create_order"]);
+    assert_eq!(out["tools"][0]["annotations"]["readOnlyHint"], true);
+    assert_eq!(out["tools"][0]["inputSchema"]["required"], json!(["id"]));
+
+    let calls = out["calls"].as_array().unwrap();
+    // Backend JSON -> structuredContent + its text.
+    assert_eq!(calls[0]["isError"], false, "{}", calls[0]);
+    assert_eq!(
+        calls[0]["structuredContent"],
+        json!({"id": 42, "name": "user-42"})
+    );
+    let text: Value =
+        serde_json::from_str(calls[0]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(text["name"], "user-42");
+    // A backend HTTP error is a tool error, not a transport error.
+    assert_eq!(calls[1]["isError"], true, "{}", calls[1]);
+    let t = calls[1]["content"][0]["text"].as_str().unwrap();
+    assert!(t.contains("404") && t.contains("no such user"), "{t}");
+    // Arguments violating the schema never reach the backend.
+    assert_eq!(calls[2]["isError"], true, "{}", calls[2]);
+    assert!(
+        calls[2]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("minimum"),
+        "{}",
+        calls[2]
+    );
+    // Query mapping, and a JSON array wrapped as structured content.
+    assert_eq!(
+        calls[3]["structuredContent"],
+        json!({"result": [{"name": "ada lovelace"}]})
+    );
+    // Path argument percent-encoded, the rest as the JSON body.
+    assert_eq!(
+        calls[4]["structuredContent"]["tenant"], "acme corp",
+        "{}",
+        calls[4]
+    );
+    assert_eq!(
+        *api.orders.lock().unwrap(),
+        vec![json!({"item": "book", "quantity": 2})]
+    );
+
+    let m = gw.metrics().await;
+    let count = |tool: &str, status: &str| {
+        metric_value(
+            &m,
+            "mcp_requests_total",
+            &[("method", "tools/call"), ("tool", tool), ("status", status)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(count("get_user", "ok"), 1.0, "{m}");
+    assert_eq!(count("get_user", "tool_error"), 1.0);
+    assert_eq!(count("get_user", "invalid_arguments"), 1.0);
+    assert!(
+        m.contains("mcp_tool_call_duration_seconds_count{tool=\"create_order\"} 1"),
+        "{m}"
+    );
+}
+
+/// POST one JSON-RPC body (raw text) with optional session and extra headers.
+async fn post(
+    url: &str,
+    body: &str,
+    session: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut rb = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string());
+    if let Some(s) = session {
+        rb = rb.header("mcp-session-id", s);
+    }
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb.send().await.unwrap();
+    let status = r.status().as_u16();
+    let h = r.headers().clone();
+    (status, h, r.text().await.unwrap())
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// `initialize` at `version`: the negotiated version and the session id.
+async fn initialize(url: &str, version: &str) -> (String, String) {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": version, "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}})
+    .to_string();
+    let (status, headers, text) = post(url, &body, None, &[]).await;
+    assert_eq!(status, 200, "{text}");
+    let v = json_of(&text);
+    let session = headers["mcp-session-id"].to_str().unwrap().to_string();
+    (
+        v["result"]["protocolVersion"].as_str().unwrap().to_string(),
+        session,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_rpc_errors_and_transport_rules() {
+    let api = api().await;
+    let gw = Gateway::start(&mcp_config(&api, "      max_body: 4KiB\n")).await;
+    let url = gw.url("/mcp");
+
+    // Version negotiation: a version we speak is kept, an unknown one gets our latest.
+    assert_eq!(initialize(&url, "2024-11-05").await.0, "2024-11-05");
+    assert_eq!(initialize(&url, "2025-06-18").await.0, "2025-06-18");
+    assert_eq!(initialize(&url, "1999-01-01").await.0, "2025-11-25");
+    let (_, sid) = initialize(&url, "2025-06-18").await;
+
+    // Invalid JSON -> -32700, id null.
+    let (status, _, text) = post(&url, "{not json", Some(&sid), &[]).await;
+    let v = json_of(&text);
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (400, Some(-32700)),
+        "{text}"
+    );
+    assert_eq!(v["id"], Value::Null);
+    // Unknown method -> -32601 with the request's id.
+    let (status, _, text) = post(
+        &url,
+        r#"{"jsonrpc":"2.0","id":"a7","method":"nope/nope"}"#,
+        Some(&sid),
+        &[],
+    )
+    .await;
+    let v = json_of(&text);
+    assert_eq!(
+        (status, v["error"]["code"].as_i64(), v["id"].clone()),
+        (200, Some(-32601), json!("a7"))
+    );
+    // Not JSON-RPC 2.0 -> -32600 with the id.
+    let (_, _, text) = post(
+        &url,
+        r#"{"jsonrpc":"1.0","id":9,"method":"ping"}"#,
+        Some(&sid),
+        &[],
+    )
+    .await;
+    let v = json_of(&text);
+    assert_eq!(
+        (v["error"]["code"].as_i64(), v["id"].clone()),
+        (Some(-32600), json!(9))
+    );
+    // Unknown tool and missing name -> -32602.
+    let (_, _, text) = post(
+        &url,
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"ghost"}}"#,
+        Some(&sid),
+        &[],
+    )
+    .await;
+    assert_eq!(json_of(&text)["error"]["code"], -32602, "{text}");
+    let (_, _, text) = post(
+        &url,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{}}"#,
+        Some(&sid),
+        &[],
+    )
+    .await;
+    assert_eq!(json_of(&text)["error"]["code"], -32602, "{text}");
+    // ping works; a notification and a client response get 202 with no body.
+    let (status, _, text) = post(
+        &url,
+        r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#,
+        Some(&sid),
+        &[],
+    )
+    .await;
+    assert_eq!((status, json_of(&text)["result"].clone()), (200, json!({})));
+    let (status, _, text) = post(
+        &url,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        Some(&sid),
+        &[],
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (202, ""));
+    let (status, _, _) = post(
+        &url,
+        r#"{"jsonrpc":"2.0","id":"srv-1","result":{}}"#,
+        Some(&sid),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    // Sessions: none -> 400, forged -> 404, wrong version header -> 400.
+    let ping = r#"{"jsonrpc":"2.0","id":6,"method":"ping"}"#;
+    assert_eq!(post(&url, ping, None, &[]).await.0, 400);
+    assert_eq!(post(&url, ping, Some("forged.session"), &[]).await.0, 404);
+    let (status, _, text) = post(
+        &url,
+        ping,
+        Some(&sid),
+        &[("mcp-protocol-version", "2031-01-01")],
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(
+        post(
+            &url,
+            ping,
+            Some(&sid),
+            &[("mcp-protocol-version", "2025-03-26")]
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        post(
+            &url,
+            ping,
+            Some(&sid),
+            &[("mcp-protocol-version", "2025-06-18")]
+        )
+        .await
+        .0,
+        200
+    );
+
+    // Batches only where the version has them (2025-03-26).
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/x"},{"jsonrpc":"2.0","id":2,"method":"nope"}]"#;
+    let (status, _, text) = post(&url, batch, Some(&sid), &[]).await;
+    assert_eq!(status, 400, "{text}");
+    let (_, old) = initialize(&url, "2025-03-26").await;
+    let (status, _, text) = post(&url, batch, Some(&old), &[]).await;
+    let v = json_of(&text);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(v[0]["id"], 1);
+    assert_eq!(
+        (v[1]["id"].clone(), v[1]["error"]["code"].clone()),
+        (json!(2), json!(-32601))
+    );
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        2,
+        "no reply for the notification"
+    );
+    // structuredContent only from 2025-06-18 on.
+    let call = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get_user","arguments":{"id":5}}}"#;
+    let v = json_of(&post(&url, call, Some(&old), &[]).await.2);
+    assert!(v["result"].get("structuredContent").is_none(), "{v}");
+    let v = json_of(&post(&url, call, Some(&sid), &[]).await.2);
+    assert_eq!(v["result"]["structuredContent"]["id"], 5, "{v}");
+
+    // Origin: a foreign one is refused, localhost and configured ones pass.
+    assert_eq!(
+        post(&url, ping, Some(&sid), &[("origin", "http://evil.example")])
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        post(
+            &url,
+            ping,
+            Some(&sid),
+            &[("origin", "http://localhost:5173")]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        post(
+            &url,
+            ping,
+            Some(&sid),
+            &[("origin", "https://agent.example")]
+        )
+        .await
+        .0,
+        200
+    );
+    // Oversized body -> 413.
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":8,"method":"ping","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(5000)
+    );
+    assert_eq!(post(&url, &big, Some(&sid), &[]).await.0, 413);
+    // GET offers no stream here: 405 with Allow.
+    let r = client()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST, DELETE");
+    // DELETE ends the session; it is then unknown (404).
+    let r = client()
+        .delete(&url)
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(post(&url, ping, Some(&sid), &[]).await.0, 404);
+    let r = client().delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), 400, "DELETE without a session id");
+}
+
+/// Two gateways sharing the session secret behind a third one balancing round robin (no
+/// stickiness): the SDK's session opened on one works on the other, and survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_work_across_replicas_and_restarts() {
+    let api = api().await;
+    let a = Gateway::start(&mcp_config(&api, "")).await;
+    let b = Gateway::start(&mcp_config(&api, "")).await;
+    let lb = Gateway::start(&format!(
+        r#"
+listeners:
+  - name: lb
+    address: "127.0.0.1:@PORT@"
+    chains: [lb]
+chains:
+  lb:
+    - type: router
+      routes:
+        - {{ name: mcp, match: {{ path_prefix: / }}, cluster: replicas }}
+clusters:
+  replicas:
+    endpoints: [127.0.0.1:{}, 127.0.0.1:{}]
+    selection: round_robin
+"#,
+        a.port, b.port
+    ))
+    .await;
+
+    let url = lb.url("/mcp");
+    let out = tokio::task::spawn_blocking(move || {
+        python_client(
+            &url,
+            "tools",
+            &[
+                r#"get_user={"id": 1}"#,
+                r#"get_user={"id": 2}"#,
+                r#"get_user={"id": 3}"#,
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    for call in out["calls"].as_array().unwrap() {
+        assert_eq!(call["isError"], false, "{out}");
+    }
+    // Both replicas answered requests of the one session.
+    for gw in [&a, &b] {
+        let n = gw
+            .metric(
+                "mcp_requests_total",
+                &[
+                    ("method", "tools/call"),
+                    ("tool", "get_user"),
+                    ("status", "ok"),
+                ],
+            )
+            .await
+            .unwrap_or(0.0);
+        assert!(n >= 1.0, "a replica served no tools/call");
+    }
+
+    // A session opened on `a` keeps working on a fresh process started after `a` is gone.
+    let (_, sid) = initialize(&a.url("/mcp"), "2025-11-25").await;
+    drop(a);
+    let c = Gateway::start(&mcp_config(&api, "")).await;
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_user","arguments":{"id":9}}}"#;
+    let (status, _, text) = post(&c.url("/mcp"), call, Some(&sid), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        json_of(&text)["result"]["structuredContent"]["id"],
+        9,
+        "{text}"
+    );
+    // A gateway with another secret does not know the session.
+    let other =
+        Gateway::start(&mcp_config(&api, "").replace(SECRET, "another-secret-0123456789")).await;
+    assert_eq!(post(&other.url("/mcp"), call, Some(&sid), &[]).await.0, 404);
+}
