@@ -2,8 +2,8 @@
 # Installs what building, testing and benchmarking stoa-gateway need, idempotently:
 # Debian packages (cmake and OpenSSL headers for Pingora, openssl for test certificates,
 # nginx and wrk for the load benchmark, redis-server for the Redis rate-limiting integration
-# tests, which start a real redis-server per test), the official MCP Python SDK the MCP
-# integration tests drive the gateway with, and cargo-nextest when it is missing.
+# tests, which start a real redis-server per test), the official MCP Python and TypeScript SDKs
+# the MCP integration tests drive the gateway with, and cargo-nextest when it is missing.
 set -euo pipefail
 
 packages=(cmake pkg-config libssl-dev openssl curl nginx-light wrk redis-server)
@@ -23,6 +23,13 @@ MCP_SDK_VERSION="2.3.0"
 if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("mcp"))' 2>/dev/null)" != "$MCP_SDK_VERSION" ]]; then
   echo "install-deps: installing the MCP Python SDK (mcp==$MCP_SDK_VERSION)"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "mcp==$MCP_SDK_VERSION"
+fi
+# ... and the official TypeScript SDK (tests/fixtures/ts, versions pinned by its lock file).
+TS_DIR="$(dirname "$0")/../tests/fixtures/ts"
+if ! cmp -s "$TS_DIR/package-lock.json" "$TS_DIR/node_modules/.stoa-installed-lock" 2>/dev/null; then
+  echo "install-deps: installing the MCP TypeScript SDK (npm ci in tests/fixtures/ts)"
+  npm ci --prefix "$TS_DIR" --no-audit --no-fund --loglevel=error >/dev/null
+  cp "$TS_DIR/package-lock.json" "$TS_DIR/node_modules/.stoa-installed-lock"
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "install-deps: installing cargo-nextest"

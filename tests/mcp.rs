@@ -234,6 +234,70 @@ async fn python_sdk_lists_and_calls_rest_tools() {
     );
 }
 
+/// Run the TypeScript SDK client; its JSON output.
+fn typescript_client(url: &str, args: &[&str]) -> Value {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ts/mcp_client.mjs"
+    );
+    let out = Command::new("node")
+        .arg(script)
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("node runs (the test command installs the TypeScript SDK)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the SDK client failed: {stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_lists_calls_and_ends_its_session() {
+    let api = api().await;
+    let gw = Gateway::start(&mcp_config(&api, "")).await;
+    let out = tokio::task::spawn_blocking({
+        let url = gw.url("/mcp");
+        move || {
+            typescript_client(
+                &url,
+                &[
+                    r#"get_user={"id": 7}"#,
+                    r#"create_order={"tenant": "t1", "item": "pen"}"#,
+                    "get_user={}",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out["protocolVersion"], "2025-11-25", "{out}");
+    assert_eq!(out["serverInfo"]["name"], "stoa-gateway");
+    assert_eq!(
+        (out["pages"].clone(), out["tools"].as_array().unwrap().len()),
+        (json!(2), 3)
+    );
+    let calls = out["calls"].as_array().unwrap();
+    assert_eq!(
+        calls[0]["structuredContent"],
+        json!({"id": 7, "name": "user-7"}),
+        "{out}"
+    );
+    assert_eq!(calls[1]["structuredContent"]["status"], "created", "{out}");
+    assert_eq!(
+        calls[2]["isError"], true,
+        "a missing required argument: {out}"
+    );
+    assert_eq!(*api.orders.lock().unwrap(), vec![json!({"item": "pen"})]);
+    // The client ended its session with DELETE: the id is no longer accepted.
+    let sid = out["sessionId"].as_str().unwrap();
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    assert_eq!(post(&gw.url("/mcp"), ping, Some(sid), &[]).await.0, 404);
+}
+
 /// POST one JSON-RPC body (raw text) with optional session and extra headers.
 async fn post(
     url: &str,
