@@ -627,3 +627,51 @@ clusters:
         Gateway::start(&mcp_config(&api, "").replace(SECRET, "another-secret-0123456789")).await;
     assert_eq!(post(&other.url("/mcp"), call, Some(&sid), &[]).await.0, 404);
 }
+
+/// `conf/edge-mcp.yaml` as shipped (its ports moved to free ones): the Python SDK lists its
+/// example tools and calls each against the demo API the same process serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_edge_mcp_config_serves_its_example_tools() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/edge-mcp.yaml"))
+            .unwrap();
+    let yaml = shipped
+        .replace("0.0.0.0:3001", "127.0.0.1:@PORT@")
+        .replace("127.0.0.1:3002", "127.0.0.1:@PORT2@")
+        .replace("127.0.0.1:9901", "127.0.0.1:@ADMIN@");
+    assert_ne!(yaml, shipped);
+    let gw = Gateway::start(&yaml).await;
+    let url = gw.url("/mcp");
+    let out = tokio::task::spawn_blocking(move || {
+        python_client(
+            &url,
+            "tools",
+            &[
+                r#"get_order={"order_id": "1001"}"#,
+                r#"list_products={"category": "books"}"#,
+                r#"create_ticket={"order_id": "1001", "subject": "late delivery"}"#,
+                r#"get_order={"order_id": "abc"}"#,
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let names: Vec<&str> = out["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["get_order", "list_products", "create_ticket"]);
+    let calls = out["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["structuredContent"]["status"], "shipped", "{out}");
+    assert_eq!(
+        calls[1]["structuredContent"]["result"][0]["sku"], "BK-1",
+        "{out}"
+    );
+    assert_eq!(calls[2]["structuredContent"]["ticket"], "T-1", "{out}");
+    assert_eq!(
+        calls[3]["isError"], true,
+        "the pattern refuses a non-numeric id: {out}"
+    );
+}
