@@ -122,8 +122,17 @@ chains:
 
 /// Run the Python SDK client; its JSON output.
 fn python_client(url: &str, scenario: &str, args: &[&str]) -> Value {
+    python_client_as(None, url, scenario, args)
+}
+
+/// Run the Python SDK client sending `Authorization: Bearer <bearer>`; its JSON output.
+fn python_client_as(bearer: Option<&str>, url: &str, scenario: &str, args: &[&str]) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_client.py");
-    let out = Command::new("python3")
+    let mut cmd = Command::new("python3");
+    if let Some(b) = bearer {
+        cmd.env("MCP_BEARER", b);
+    }
+    let out = cmd
         .arg(script)
         .arg(url)
         .arg(scenario)
@@ -674,4 +683,169 @@ async fn shipped_edge_mcp_config_serves_its_example_tools() {
         calls[3]["isError"], true,
         "the pattern refuses a non-numeric id: {out}"
     );
+}
+
+const MCP_POLICY: &str = r#"package stoa.mcp
+
+import rego.v1
+
+default allow := false
+
+# Admins may call every tool.
+allow if "admin" in input.roles
+
+# Everyone signed in may read.
+allow if {
+	input.token != null
+	input.mcp.tool in {"get_user", "search_users"}
+}
+
+# Orders: listed for everyone signed in, callable only for the caller's own tenant.
+allow if {
+	input.token != null
+	input.mcp.tool == "create_order"
+	input.mcp.arguments == null
+}
+
+allow if {
+	input.mcp.tool == "create_order"
+	input.mcp.arguments.tenant == input.tenant
+}
+
+arg_tenant := t if {
+	t := input.mcp.arguments.tenant
+} else := null
+
+reason := sprintf("%s may not call %s for tenant %v", [input.subject, input.mcp.tool, arg_tenant])
+
+decision := {"allow": allow, "reason": reason}
+"#;
+
+/// Per-tool governance: the `jwt` filter in front, a Rego policy deciding per tool and tenant.
+/// A tool the caller may not call is absent from `tools/list` and refused on `tools/call`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_decides_per_tool_and_tenant() {
+    use common::auth::{claims, JwksServer, TestKey};
+    let api = api().await;
+    let key = TestKey::ec_p256("mcp-key");
+    let jwks = JwksServer::with_keys(&[&key]).await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let policy = dir.path().join("mcp.rego");
+    std::fs::write(&policy, MCP_POLICY).unwrap();
+    let mut yaml = mcp_config(
+        &api,
+        &format!(
+            "      policy:\n        policy: \"{}\"\n        query: data.stoa.mcp.decision\n",
+            policy.display()
+        ),
+    );
+    // The admin-only tool, and the jwt filter in front of mcp.
+    yaml.push_str(&format!(
+        r#"        - name: delete_user
+          description: Delete a user
+          input_schema: {{ type: object, required: [id], properties: {{ id: {{ type: integer }} }} }}
+          backend: {{ method: DELETE, url: "http://{}/users/{{id}}" }}
+"#,
+        api.addr
+    ));
+    let yaml = yaml.replace(
+        "  mcp:\n    - type: mcp\n",
+        &format!(
+            "  mcp:\n    - type: jwt\n      issuer: \"https://issuer.mcp.test\"\n      audiences: [stoa-mcp]\n      jwks_url: \"{}\"\n    - type: mcp\n",
+            jwks.jwks_url()
+        ),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let token = |sub: &str, tenant: &str, roles: &[&str]| {
+        let mut c = claims("https://issuer.mcp.test", "stoa-mcp", sub);
+        c["tenant"] = json!(tenant);
+        c["roles"] = json!(roles);
+        key.sign(&c)
+    };
+    let run = |bearer: String| {
+        let url = gw.url("/mcp");
+        async move {
+            tokio::task::spawn_blocking(move || {
+                python_client_as(
+                    Some(&bearer),
+                    &url,
+                    "tools",
+                    &[
+                        r#"get_user={"id": 1}"#,
+                        r#"create_order={"tenant": "acme", "item": "pen"}"#,
+                        r#"create_order={"tenant": "globex", "item": "pen"}"#,
+                        r#"delete_user={"id": 1}"#,
+                    ],
+                )
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let names = |out: &Value| -> Vec<String> {
+        out["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let user = run(token("ann", "acme", &["viewer"])).await;
+    assert_eq!(
+        names(&user),
+        ["get_user", "search_users", "create_order"],
+        "{user}"
+    );
+    let calls = user["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["isError"], false, "{user}");
+    assert_eq!(calls[1]["structuredContent"]["tenant"], "acme", "{user}");
+    assert_eq!(
+        calls[2]["error"]["code"], -32003,
+        "another tenant's order: {user}"
+    );
+    let msg = calls[2]["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("ann may not call create_order for tenant globex"),
+        "{msg}"
+    );
+    assert_eq!(calls[3]["error"]["code"], -32003, "admin-only tool: {user}");
+    assert_eq!(
+        *api.orders.lock().unwrap(),
+        vec![json!({"item": "pen"})],
+        "refused calls never reach the API"
+    );
+
+    let admin = run(token("root", "ops", &["admin"])).await;
+    assert_eq!(
+        names(&admin),
+        ["get_user", "search_users", "create_order", "delete_user"],
+        "{admin}"
+    );
+    assert!(admin["calls"][3].get("error").is_none(), "{admin}");
+
+    // Without a token the jwt filter answers 401 before MCP starts.
+    let r = client()
+        .post(gw.url("/mcp"))
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    let denied = gw
+        .metric(
+            "mcp_requests_total",
+            &[
+                ("method", "tools/call"),
+                ("tool", "create_order"),
+                ("status", "denied"),
+            ],
+        )
+        .await;
+    assert_eq!(denied, Some(1.0));
 }

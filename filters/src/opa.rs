@@ -544,6 +544,32 @@ impl Opa {
         Decision::from_result(&result)
     }
 
+    /// Decide on an input built elsewhere (the `mcp` filter's per-tool checks): allowed, or why
+    /// not. An evaluation error refuses unless `fail_open`. Counted like the filter's decisions.
+    pub async fn authorize(&self, input: Rego) -> std::result::Result<(), String> {
+        let engine = self.engine_label();
+        let m = &FILTER_METRICS.opa_decisions;
+        match self.decide(input).await {
+            Ok(d) if d.allow => {
+                m.with_label_values(&[engine, "allow"]).inc();
+                Ok(())
+            }
+            Ok(d) => {
+                m.with_label_values(&[engine, "deny"]).inc();
+                Err(d.reason.unwrap_or_else(|| "denied by policy".to_string()))
+            }
+            Err(e) => {
+                m.with_label_values(&[engine, "error"]).inc();
+                warn!(error = %e, fail_open = self.fail_open, "policy evaluation failed");
+                if self.fail_open {
+                    Ok(())
+                } else {
+                    Err("the policy could not be evaluated".to_string())
+                }
+            }
+        }
+    }
+
     /// Sample allow decisions at `log_sample` (exactly, by counting).
     fn sample_allow(&self) -> bool {
         let n = self.allows.fetch_add(1, Ordering::Relaxed) as f64;

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use once_cell::sync::Lazy;
 use pingora_core::Result;
 use pingora_proxy::Session;
+use regorus::Value as Rego;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tracing::warn;
@@ -25,6 +26,7 @@ use tracing::warn;
 use crate::context::RequestCtx;
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
 use crate::metrics::FILTER_METRICS;
+use crate::opa::{self, Opa, OpaConfig};
 use crate::units::{ByteSize, HumanDuration};
 use jsonrpc::{
     Incoming, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
@@ -67,6 +69,11 @@ pub struct McpConfig {
     pub page_size: usize,
     #[serde(default)]
     pub tools: Vec<ToolConfig>,
+    /// Per-tool authorization: the `opa` filter's settings (embedded policy or external OPA).
+    /// The input is the `opa` filter's document plus `mcp: {method, tool, arguments}`; a tool
+    /// the caller may not call is left out of `tools/list` and refused on `tools/call`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<OpaConfig>,
 }
 
 fn default_path() -> String {
@@ -104,8 +111,12 @@ pub struct Mcp {
     max_body: u64,
     page_size: usize,
     registry: ToolRegistry,
+    policy: Option<Opa>,
     client: reqwest::Client,
 }
+
+/// A refusal by the per-tool policy (a server-defined JSON-RPC error code).
+pub const FORBIDDEN: i64 = -32003;
 
 /// A reply to one POST: status, JSON body (none for 202) and headers.
 struct Reply {
@@ -189,6 +200,10 @@ impl Mcp {
             return Err("session_ttl: at most 30 days".into());
         }
         let registry = ToolRegistry::build(&cfg.tools)?;
+        let policy = match &cfg.policy {
+            Some(p) => Some(Opa::build(p).map_err(|e| format!("policy: {e}"))?),
+            None => None,
+        };
         let secret = match &cfg.session_secret {
             Some(s) if s.len() < 16 => {
                 return Err("session_secret: use at least 16 characters".into())
@@ -211,6 +226,7 @@ impl Mcp {
             max_body: cfg.max_body.0,
             page_size: cfg.page_size,
             registry,
+            policy,
             client,
         })
     }
@@ -235,8 +251,10 @@ impl Mcp {
         Ok(Some(body))
     }
 
-    async fn post(&self, session: &mut Session) -> Result<Reply> {
+    async fn post(&self, session: &mut Session, ctx: &RequestCtx) -> Result<Reply> {
         let req = session.req_header();
+        // The policy input of this HTTP request (its `mcp` part is added per message).
+        let base = self.policy.is_some().then(|| opa::input_document(req, ctx));
         let header = |name: &str| {
             req.headers
                 .get(name)
@@ -348,7 +366,7 @@ impl Mcp {
                 }
                 let mut replies = Vec::new();
                 for m in &batch {
-                    if let Some(r) = self.handle_message(m, version).await {
+                    if let Some(r) = self.handle_message(m, version, base.as_ref()).await {
                         replies.push(r);
                     }
                 }
@@ -358,10 +376,12 @@ impl Mcp {
                     Reply::json(200, Value::Array(replies))
                 })
             }
-            single => Ok(match self.handle_message(&single, version).await {
-                Some(reply) => Reply::json(200, reply),
-                None => Reply::accepted(),
-            }),
+            single => Ok(
+                match self.handle_message(&single, version, base.as_ref()).await {
+                    Some(reply) => Reply::json(200, reply),
+                    None => Reply::accepted(),
+                },
+            ),
         }
     }
 
@@ -414,7 +434,12 @@ impl Mcp {
 
     /// Handle one message of an open session: the JSON-RPC reply, or `None` (notification,
     /// response).
-    async fn handle_message(&self, message: &Value, version: &str) -> Option<Value> {
+    async fn handle_message(
+        &self,
+        message: &Value,
+        version: &str,
+        base: Option<&Rego>,
+    ) -> Option<Value> {
         let (id, method, params) = match jsonrpc::classify(message) {
             Ok(Incoming::Request { id, method, params }) => (id, method, params),
             Ok(Incoming::Notification { .. } | Incoming::Response) => return None,
@@ -423,8 +448,8 @@ impl Mcp {
         let outcome = match method.as_str() {
             "ping" => Ok(json!({})),
             "initialize" => Err((INVALID_REQUEST, "initialize cannot be batched".to_string())),
-            "tools/list" => self.list_tools(&params),
-            "tools/call" => return Some(self.call_tool(id, &params, version).await),
+            "tools/list" => self.list_tools(&params, base).await,
+            "tools/call" => return Some(self.call_tool(id, &params, version, base).await),
             _ => Err((METHOD_NOT_FOUND, format!("method not found: {method}"))),
         };
         Some(match outcome {
@@ -439,7 +464,40 @@ impl Mcp {
         })
     }
 
-    fn list_tools(&self, params: &Value) -> std::result::Result<Value, (i64, String)> {
+    /// Whether the policy lets this request call `tool` (always, without a policy).
+    async fn authorize(
+        &self,
+        base: Option<&Rego>,
+        method: &str,
+        tool: Option<&str>,
+        arguments: Option<&Map<String, Value>>,
+    ) -> std::result::Result<(), String> {
+        let (Some(policy), Some(base)) = (&self.policy, base) else {
+            return Ok(());
+        };
+        let mut input = base.clone();
+        if let Ok(fields) = input.as_object_mut() {
+            let mcp = json!({"method": method, "tool": tool, "arguments": arguments});
+            fields.insert(Rego::from("mcp"), Rego::from(mcp));
+        }
+        policy.authorize(input).await
+    }
+
+    async fn list_tools(
+        &self,
+        params: &Value,
+        base: Option<&Rego>,
+    ) -> std::result::Result<Value, (i64, String)> {
+        let mut visible = Vec::with_capacity(self.registry.tools.len());
+        for tool in &self.registry.tools {
+            if self
+                .authorize(base, "tools/call", Some(&tool.name), None)
+                .await
+                .is_ok()
+            {
+                visible.push(tool);
+            }
+        }
         let start = match params.get("cursor") {
             None | Some(Value::Null) => 0,
             Some(Value::String(c)) => B64
@@ -450,23 +508,29 @@ impl Mcp {
                     s.strip_prefix("offset:")
                         .and_then(|n| n.parse::<usize>().ok())
                 })
-                .filter(|n| *n <= self.registry.tools.len())
+                .filter(|n| *n <= visible.len())
                 .ok_or((INVALID_PARAMS, "invalid cursor".to_string()))?,
             Some(_) => return Err((INVALID_PARAMS, "cursor must be a string".into())),
         };
-        let end = (start + self.page_size).min(self.registry.tools.len());
-        let tools: Vec<Value> = self.registry.tools[start..end]
+        let end = (start + self.page_size).min(visible.len());
+        let tools: Vec<Value> = visible[start..end]
             .iter()
             .map(|t| t.descriptor.clone())
             .collect();
         let mut result = json!({ "tools": tools });
-        if end < self.registry.tools.len() {
+        if end < visible.len() {
             result["nextCursor"] = json!(B64.encode(format!("offset:{end}")));
         }
         Ok(result)
     }
 
-    async fn call_tool(&self, id: Value, params: &Value, version: &str) -> Value {
+    async fn call_tool(
+        &self,
+        id: Value,
+        params: &Value,
+        version: &str,
+        base: Option<&Rego>,
+    ) -> Value {
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             self.count("tools/call", "", "error");
             return jsonrpc::error(id, INVALID_PARAMS, "params.name (a string) is required");
@@ -483,6 +547,13 @@ impl Mcp {
                 return jsonrpc::error(id, INVALID_PARAMS, "params.arguments must be an object");
             }
         };
+        if let Err(reason) = self
+            .authorize(base, "tools/call", Some(name), Some(&arguments))
+            .await
+        {
+            self.count("tools/call", name, "denied");
+            return jsonrpc::error(id, FORBIDDEN, &format!("forbidden: {reason}"));
+        }
         let violations = tool.violations(&Value::Object(arguments.clone()));
         if !violations.is_empty() {
             // A tool execution error (not a protocol error), so the model can correct itself.
@@ -563,7 +634,7 @@ impl Filter for Mcp {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let reply = match method.as_str() {
-            "POST" => self.post(session).await?,
+            "POST" => self.post(session, ctx).await?,
             "DELETE" => match session_id.as_deref() {
                 None => http_error(400, INVALID_REQUEST, "missing Mcp-Session-Id header"),
                 Some(id) => match self.sealer.open(id) {
