@@ -751,7 +751,7 @@ async fn policy_decides_per_tool_and_tenant() {
     let yaml = yaml.replace(
         "  mcp:\n    - type: mcp\n",
         &format!(
-            "  mcp:\n    - type: jwt\n      issuer: \"https://issuer.mcp.test\"\n      audiences: [stoa-mcp]\n      jwks_url: \"{}\"\n    - type: mcp\n",
+            "  mcp:\n    - type: jwt\n      issuer: \"https://issuer.mcp.test\"\n      audiences: [stoa-mcp]\n      jwks_url: \"{}\"\n      protected_resource: {{ resource: \"http://127.0.0.1:@PORT@/mcp\" }}\n    - type: mcp\n",
             jwks.jwks_url()
         ),
     );
@@ -833,10 +833,31 @@ async fn policy_decides_per_tool_and_tenant() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.headers()["www-authenticate"]
+    // ... naming the RFC 9728 metadata, which is served without a token.
+    let challenge = r.headers()["www-authenticate"]
         .to_str()
         .unwrap()
-        .starts_with("Bearer"));
+        .to_string();
+    let metadata = gw.url("/.well-known/oauth-protected-resource/mcp");
+    assert!(
+        challenge.starts_with("Bearer")
+            && challenge.contains(&format!("resource_metadata=\"{metadata}\"")),
+        "{challenge}"
+    );
+    let doc: Value = client()
+        .get(&metadata)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["resource"], gw.url("/mcp"));
+    assert_eq!(
+        doc["authorization_servers"],
+        json!(["https://issuer.mcp.test"])
+    );
+    assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
     let denied = gw
         .metric(
             "mcp_requests_total",

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::context::{Identity, RequestCtx, RouteAuth};
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
 use crate::metrics::FILTER_METRICS;
+use crate::protected_resource::{ProtectedResource, ProtectedResourceConfig};
 use crate::units::HumanDuration;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -103,6 +104,10 @@ pub struct JwtConfig {
     /// Extra CA certificates (PEM) for fetching keys over HTTPS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// Serve OAuth 2.0 Protected Resource Metadata (RFC 9728) for this resource and name it in
+    /// every challenge (`resource_metadata`), as MCP's authorization spec asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_resource: Option<ProtectedResourceConfig>,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -567,6 +572,7 @@ pub struct Jwt {
     default_auth: RouteAuth,
     realm: String,
     cache: Option<TokenCache>,
+    protected_resource: Option<ProtectedResource>,
 }
 
 /// The outcome of checking one request's credentials.
@@ -732,6 +738,12 @@ impl Jwt {
             default_auth: cfg.auth,
             realm: cfg.realm.clone(),
             cache,
+            protected_resource: cfg
+                .protected_resource
+                .as_ref()
+                .map(|p| ProtectedResource::build(p, &cfg.issuer, &cfg.required_scopes))
+                .transpose()
+                .map_err(|e| format!("protected_resource.{e}"))?,
         })
     }
 
@@ -884,6 +896,9 @@ impl Jwt {
 
     fn challenge(&self, error: Option<(&str, &str)>) -> String {
         let mut v = format!("Bearer realm=\"{}\"", self.realm);
+        if let Some(pr) = &self.protected_resource {
+            v.push_str(&format!(", resource_metadata=\"{}\"", pr.metadata_url));
+        }
         if let Some((code, description)) = error {
             v.push_str(&format!(
                 ", error=\"{code}\", error_description=\"{description}\""
@@ -955,6 +970,16 @@ impl Filter for Jwt {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<FilterAction> {
+        if let Some(pr) = &self.protected_resource {
+            let req = session.req_header();
+            if matches!(req.method.as_str(), "GET" | "HEAD") && pr.serves(req.uri.path()) {
+                let mut resp = LocalResponse::new(200)
+                    .with_header("content-type", "application/json")
+                    .with_header("cache-control", "max-age=300");
+                resp.body = pr.document.clone();
+                return Ok(FilterAction::Respond(resp));
+            }
+        }
         let access = ctx.route.as_ref().and_then(|r| r.access.clone());
         let auth = access
             .as_ref()

@@ -12,6 +12,7 @@ pub mod jwt;
 pub mod mcp;
 pub mod metrics;
 pub mod opa;
+pub mod protected_resource;
 pub mod rate_limit;
 pub mod registry;
 pub mod request_id;
