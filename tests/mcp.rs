@@ -6,6 +6,7 @@
 mod common;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Query, State};
@@ -22,15 +23,47 @@ const SECRET: &str = "test-session-secret-0123456789";
 struct Api {
     addr: std::net::SocketAddr,
     orders: Arc<Mutex<Vec<Value>>>,
+    /// `/users/{id}` requests served.
+    user_hits: Arc<AtomicUsize>,
+    /// `/slow` requests started, and those whose handler was dropped (client went away).
+    slow_started: Arc<AtomicUsize>,
+    slow_dropped: Arc<AtomicUsize>,
     _task: tokio::task::JoinHandle<()>,
+}
+
+/// Counts a drop: the handler future went away before finishing.
+struct DropFlag(Arc<AtomicUsize>);
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 async fn api() -> Api {
     let orders: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let user_hits = Arc::new(AtomicUsize::new(0));
+    let slow_started = Arc::new(AtomicUsize::new(0));
+    let slow_dropped = Arc::new(AtomicUsize::new(0));
+    let (hits, started, dropped) = (
+        user_hits.clone(),
+        slow_started.clone(),
+        slow_dropped.clone(),
+    );
     let app = axum::Router::new()
         .route(
+            "/slow",
+            get(move || async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                let flag = DropFlag(dropped);
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                std::mem::forget(flag);
+                Json(json!({"slow": true}))
+            }),
+        )
+        .route(
             "/users/{id}",
-            get(|Path(id): Path<u64>| async move {
+            get(move |Path(id): Path<u64>| async move {
+                hits.fetch_add(1, Ordering::SeqCst);
                 if id == 404 {
                     (
                         StatusCode::NOT_FOUND,
@@ -69,6 +102,9 @@ async fn api() -> Api {
     Api {
         addr,
         orders,
+        user_hits,
+        slow_started,
+        slow_dropped,
         _task: tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         }),
@@ -869,4 +905,123 @@ async fn policy_decides_per_tool_and_tenant() {
         )
         .await;
     assert_eq!(denied, Some(1.0));
+}
+
+/// Results of idempotent tools are reused per tool, arguments and tenant; others are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_tool_results_are_cached() {
+    let api = api().await;
+    let yaml = mcp_config(&api, "      result_cache: { ttl: 60s }\n").replace(
+        "annotations: { readOnlyHint: true }",
+        "annotations: { readOnlyHint: true, idempotentHint: true }",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let url = gw.url("/mcp");
+    let (_, sid) = initialize(&url, "2025-11-25").await;
+    let call = |id: u64, user: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "get_user", "arguments": {"id": user}}})
+        .to_string()
+    };
+    let first = json_of(&post(&url, &call(1, 5), Some(&sid), &[]).await.2);
+    let second = json_of(&post(&url, &call(2, 5), Some(&sid), &[]).await.2);
+    assert_eq!(
+        first["result"], second["result"],
+        "the cached result is the same"
+    );
+    assert_eq!(second["id"], 2, "with this request's id");
+    assert_eq!(
+        api.user_hits.load(Ordering::SeqCst),
+        1,
+        "the second call was served from the cache"
+    );
+    post(&url, &call(3, 6), Some(&sid), &[]).await;
+    assert_eq!(
+        api.user_hits.load(Ordering::SeqCst),
+        2,
+        "other arguments: a miss"
+    );
+    // A tool not marked idempotent is never cached.
+    let search = r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"search_users","arguments":{"q":"x"}}}"#;
+    post(&url, search, Some(&sid), &[]).await;
+    post(&url, search, Some(&sid), &[]).await;
+    let m = gw.metrics().await;
+    let cache = |result: &str| {
+        metric_value(
+            &m,
+            "mcp_tool_cache_total",
+            &[("tool", "get_user"), ("result", result)],
+        )
+    };
+    assert_eq!((cache("hit"), cache("miss")), (Some(1.0), Some(2.0)), "{m}");
+    assert!(metric_value(
+        &m,
+        "mcp_tool_cache_total",
+        &[("tool", "search_users"), ("result", "miss")]
+    )
+    .is_none());
+    // Errors are not cached: the 404 user is asked twice.
+    post(&url, &call(5, 404), Some(&sid), &[]).await;
+    post(&url, &call(6, 404), Some(&sid), &[]).await;
+    assert_eq!(api.user_hits.load(Ordering::SeqCst), 4);
+}
+
+/// `notifications/cancelled` aborts the call in flight and its backend request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_calls_stop_their_backend_request() {
+    let api = api().await;
+    let yaml = mcp_config(&api, "").replace(
+        "      tools:\n",
+        &format!(
+            "      tools:\n        - name: slow\n          description: never answers in time\n          backend: {{ url: \"http://{}/slow\", timeout: 60s }}\n",
+            api.addr
+        ),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let url = gw.url("/mcp");
+    let (_, sid) = initialize(&url, "2025-11-25").await;
+    let call = tokio::spawn({
+        let (url, sid) = (url.clone(), sid.clone());
+        async move {
+            post(
+                &url,
+                r#"{"jsonrpc":"2.0","id":"slow-1","method":"tools/call","params":{"name":"slow"}}"#,
+                Some(&sid),
+                &[],
+            )
+            .await
+        }
+    });
+    // Wait until the backend has the request, then cancel it.
+    for _ in 0..200 {
+        if api.slow_started.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(api.slow_started.load(Ordering::SeqCst), 1);
+    let cancel = r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"slow-1","reason":"user gave up"}}"#;
+    assert_eq!(post(&url, cancel, Some(&sid), &[]).await.0, 202);
+    // A hang guard, not a performance bound: the backend would take 30 s.
+    let (status, _, text) = tokio::time::timeout(std::time::Duration::from_secs(10), call)
+        .await
+        .expect("the cancelled call answers")
+        .unwrap();
+    let v = json_of(&text);
+    assert_eq!(
+        (status, v["id"].clone(), v["error"]["code"].clone()),
+        (200, json!("slow-1"), json!(-32800)),
+        "{text}"
+    );
+    for _ in 0..200 {
+        if api.slow_dropped.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        api.slow_dropped.load(Ordering::SeqCst),
+        1,
+        "the backend request was closed"
+    );
 }

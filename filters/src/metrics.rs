@@ -23,6 +23,8 @@ pub struct FilterMetrics {
     pub mcp_requests: IntCounterVec,
     /// `mcp_tool_call_duration_seconds{tool}`: backend time of `tools/call`.
     pub mcp_tool_duration: HistogramVec,
+    /// `mcp_tool_cache_total{tool,result}`: result-cache lookups, `hit` or `miss`.
+    pub mcp_tool_cache: IntCounterVec,
 }
 
 pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
@@ -60,6 +62,11 @@ pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
             "mcp_requests_total",
             "MCP requests answered by the mcp filter, by method, tool (tools/call) and status",
             &["method", "tool", "status"],
+        ),
+        mcp_tool_cache: counter(
+            "mcp_tool_cache_total",
+            "Result-cache lookups of idempotent MCP tools, by tool and result (hit, miss)",
+            &["tool", "result"],
         ),
         mcp_tool_duration: register_histogram_vec_with_registry!(
             "mcp_tool_call_duration_seconds",

@@ -69,6 +69,10 @@ pub struct McpConfig {
     pub page_size: usize,
     #[serde(default)]
     pub tools: Vec<ToolConfig>,
+    /// Reuse results of tools annotated `idempotentHint: true` for `ttl`, keyed by tool,
+    /// canonical arguments and the caller's tenant (only successful results are kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_cache: Option<ResultCacheConfig>,
     /// Per-tool authorization: the `opa` filter's settings (embedded policy or external OPA).
     /// The input is the `opa` filter's document plus `mcp: {method, tool, arguments}`; a tool
     /// the caller may not call is left out of `tools/list` and refused on `tools/call`.
@@ -113,10 +117,60 @@ pub struct Mcp {
     registry: ToolRegistry,
     policy: Option<Opa>,
     client: reqwest::Client,
+    results: Option<moka::sync::Cache<String, Value>>,
+    in_flight: InFlight,
 }
 
 /// A refusal by the per-tool policy (a server-defined JSON-RPC error code).
 pub const FORBIDDEN: i64 = -32003;
+/// The answer to a request the client cancelled (`notifications/cancelled`; LSP's code).
+pub const REQUEST_CANCELLED: i64 = -32800;
+
+/// Who is asking, for one POST: the session, its protocol version, the policy input of the
+/// HTTP request (without its `mcp` part) and the caller's tenant.
+struct Caller {
+    session_id: String,
+    version: String,
+    base: Option<Rego>,
+    tenant: String,
+}
+
+/// Calls in flight, by session and JSON-RPC id, so `notifications/cancelled` can abort them.
+type InFlight =
+    std::sync::Mutex<std::collections::HashMap<(String, String), tokio::task::AbortHandle>>;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultCacheConfig {
+    /// How long a result is reused.
+    pub ttl: HumanDuration,
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: u64,
+}
+
+fn default_cache_entries() -> u64 {
+    10_000
+}
+
+/// Arguments as canonical JSON (object keys sorted at every level), for cache keys.
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&m[*k])))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
+        other => other.to_string(),
+    }
+}
 
 /// A reply to one POST: status, JSON body (none for 202) and headers.
 struct Reply {
@@ -228,6 +282,13 @@ impl Mcp {
             registry,
             policy,
             client,
+            results: cfg.result_cache.as_ref().map(|c| {
+                moka::sync::Cache::builder()
+                    .max_capacity(c.max_entries)
+                    .time_to_live(c.ttl.0)
+                    .build()
+            }),
+            in_flight: InFlight::default(),
         })
     }
 
@@ -255,6 +316,11 @@ impl Mcp {
         let req = session.req_header();
         // The policy input of this HTTP request (its `mcp` part is added per message).
         let base = self.policy.is_some().then(|| opa::input_document(req, ctx));
+        let tenant = ctx
+            .identity
+            .as_ref()
+            .and_then(|i| i.tenant.clone())
+            .unwrap_or_default();
         let header = |name: &str| {
             req.headers
                 .get(name)
@@ -345,7 +411,13 @@ impl Mcp {
                 ));
             }
         }
-        let version = state.protocol_version.as_str();
+        let caller = Caller {
+            session_id: id,
+            version: state.protocol_version,
+            base,
+            tenant,
+        };
+        let version = caller.version.as_str();
         match message {
             Value::Array(batch) => {
                 if version != "2025-03-26" {
@@ -366,7 +438,7 @@ impl Mcp {
                 }
                 let mut replies = Vec::new();
                 for m in &batch {
-                    if let Some(r) = self.handle_message(m, version, base.as_ref()).await {
+                    if let Some(r) = self.handle_message(m, &caller).await {
                         replies.push(r);
                     }
                 }
@@ -376,12 +448,10 @@ impl Mcp {
                     Reply::json(200, Value::Array(replies))
                 })
             }
-            single => Ok(
-                match self.handle_message(&single, version, base.as_ref()).await {
-                    Some(reply) => Reply::json(200, reply),
-                    None => Reply::accepted(),
-                },
-            ),
+            single => Ok(match self.handle_message(&single, &caller).await {
+                Some(reply) => Reply::json(200, reply),
+                None => Reply::accepted(),
+            }),
         }
     }
 
@@ -434,22 +504,23 @@ impl Mcp {
 
     /// Handle one message of an open session: the JSON-RPC reply, or `None` (notification,
     /// response).
-    async fn handle_message(
-        &self,
-        message: &Value,
-        version: &str,
-        base: Option<&Rego>,
-    ) -> Option<Value> {
+    async fn handle_message(&self, message: &Value, caller: &Caller) -> Option<Value> {
         let (id, method, params) = match jsonrpc::classify(message) {
             Ok(Incoming::Request { id, method, params }) => (id, method, params),
-            Ok(Incoming::Notification { .. } | Incoming::Response) => return None,
+            Ok(Incoming::Notification { method, params }) => {
+                if method == "notifications/cancelled" {
+                    self.cancel(&caller.session_id, params.get("requestId"));
+                }
+                return None;
+            }
+            Ok(Incoming::Response) => return None,
             Err(e) => return Some(e.0),
         };
         let outcome = match method.as_str() {
             "ping" => Ok(json!({})),
             "initialize" => Err((INVALID_REQUEST, "initialize cannot be batched".to_string())),
-            "tools/list" => self.list_tools(&params, base).await,
-            "tools/call" => return Some(self.call_tool(id, &params, version, base).await),
+            "tools/list" => self.list_tools(&params, caller.base.as_ref()).await,
+            "tools/call" => return Some(self.call_tool(id, &params, caller).await),
             _ => Err((METHOD_NOT_FOUND, format!("method not found: {method}"))),
         };
         Some(match outcome {
@@ -524,13 +595,16 @@ impl Mcp {
         Ok(result)
     }
 
-    async fn call_tool(
-        &self,
-        id: Value,
-        params: &Value,
-        version: &str,
-        base: Option<&Rego>,
-    ) -> Value {
+    /// Abort the call in flight for `request_id` in this session (and its backend request).
+    fn cancel(&self, session_id: &str, request_id: Option<&Value>) {
+        let Some(rid) = request_id else { return };
+        let key = (session_id.to_string(), rid.to_string());
+        if let Some(handle) = self.in_flight.lock().unwrap().remove(&key) {
+            handle.abort();
+        }
+    }
+
+    async fn call_tool(&self, id: Value, params: &Value, caller: &Caller) -> Value {
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             self.count("tools/call", "", "error");
             return jsonrpc::error(id, INVALID_PARAMS, "params.name (a string) is required");
@@ -548,7 +622,12 @@ impl Mcp {
             }
         };
         if let Err(reason) = self
-            .authorize(base, "tools/call", Some(name), Some(&arguments))
+            .authorize(
+                caller.base.as_ref(),
+                "tools/call",
+                Some(name),
+                Some(&arguments),
+            )
             .await
         {
             self.count("tools/call", name, "denied");
@@ -564,18 +643,46 @@ impl Mcp {
                 json!({"content": [{"type": "text", "text": text}], "isError": true}),
             );
         }
+        let cache_key = self.results.as_ref().filter(|_| tool.idempotent).map(|_| {
+            format!(
+                "{name}\u{0}{}\u{0}{}",
+                caller.tenant,
+                canonical(&Value::Object(arguments.clone()))
+            )
+        });
+        if let (Some(cache), Some(key)) = (&self.results, &cache_key) {
+            let hit = cache.get(key);
+            FILTER_METRICS
+                .mcp_tool_cache
+                .with_label_values(&[name, if hit.is_some() { "hit" } else { "miss" }])
+                .inc();
+            if let Some(result) = hit {
+                self.count("tools/call", name, "ok");
+                return jsonrpc::result(id, self.for_version(result, &caller.version));
+            }
+        }
         let started = Instant::now();
         let client = self.client.clone();
         let call_tool = tool.clone();
-        let outcome = crate::background::handle()
-            .spawn(async move { call_tool.call(&client, &arguments).await })
-            .await;
+        let task = crate::background::handle()
+            .spawn(async move { call_tool.call(&client, &arguments).await });
+        let flight_key = (caller.session_id.clone(), id.to_string());
+        self.in_flight
+            .lock()
+            .unwrap()
+            .insert(flight_key.clone(), task.abort_handle());
+        let outcome = task.await;
+        self.in_flight.lock().unwrap().remove(&flight_key);
         FILTER_METRICS
             .mcp_tool_duration
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
         let outcome = match outcome {
             Ok(o) => o,
+            Err(e) if e.is_cancelled() => {
+                self.count("tools/call", name, "cancelled");
+                return jsonrpc::error(id, REQUEST_CANCELLED, "request cancelled by the client");
+            }
             Err(e) => {
                 self.count("tools/call", name, "error");
                 return jsonrpc::error(id, INTERNAL_ERROR, &format!("the tool call failed: {e}"));
@@ -590,13 +697,23 @@ impl Mcp {
             "content": [{"type": "text", "text": outcome.text}],
             "isError": outcome.is_error,
         });
-        // structuredContent exists from 2025-06-18 on.
         if let Some(s) = outcome.structured {
-            if version >= "2025-06-18" {
-                result["structuredContent"] = s;
+            result["structuredContent"] = s;
+        }
+        if let (Some(cache), Some(key), false) = (&self.results, cache_key, outcome.is_error) {
+            cache.insert(key, result.clone());
+        }
+        jsonrpc::result(id, self.for_version(result, &caller.version))
+    }
+
+    /// A tool result as this protocol version has it: `structuredContent` from 2025-06-18 on.
+    fn for_version(&self, mut result: Value, version: &str) -> Value {
+        if version < "2025-06-18" {
+            if let Some(o) = result.as_object_mut() {
+                o.remove("structuredContent");
             }
         }
-        jsonrpc::result(id, result)
+        result
     }
 }
 

@@ -90,6 +90,8 @@ enum UrlPart {
 
 pub struct Tool {
     pub name: String,
+    /// Annotated `idempotentHint: true`: its results may be reused (`result_cache`).
+    pub idempotent: bool,
     /// The tool as `tools/list` shows it.
     pub descriptor: Value,
     validator: jsonschema::Validator,
@@ -232,8 +234,15 @@ impl Tool {
         if let Some(a) = &cfg.annotations {
             descriptor["annotations"] = a.clone();
         }
+        let idempotent = cfg
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("idempotentHint"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         Ok(Tool {
             name: cfg.name.clone(),
+            idempotent,
             descriptor,
             validator,
             method,
