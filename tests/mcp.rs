@@ -1025,3 +1025,66 @@ async fn cancelled_calls_stop_their_backend_request() {
         "the backend request was closed"
     );
 }
+
+/// `tool_rate_limit` counts per caller and tool: a busy tool is refused (-32004) while the
+/// caller's other tools still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_rate_limits_count_per_caller_and_tool() {
+    let api = api().await;
+    let gw = Gateway::start(&mcp_config(
+        &api,
+        "      tool_rate_limit: { requests_per_minute: 2 }\n",
+    ))
+    .await;
+    let url = gw.url("/mcp");
+    let (_, sid) = initialize(&url, "2025-11-25").await;
+    let call = |id: u64, tool: &str, args: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": args}})
+            .to_string()
+    };
+    let mut codes = Vec::new();
+    for i in 0..3 {
+        let v = json_of(
+            &post(
+                &url,
+                &call(i, "get_user", json!({"id": 1})),
+                Some(&sid),
+                &[],
+            )
+            .await
+            .2,
+        );
+        codes.push(v["error"]["code"].as_i64());
+    }
+    assert_eq!(codes, [None, None, Some(-32004)]);
+    assert_eq!(
+        api.user_hits.load(Ordering::SeqCst),
+        2,
+        "the refused call never reached the API"
+    );
+    let v = json_of(
+        &post(
+            &url,
+            &call(9, "search_users", json!({"q": "a"})),
+            Some(&sid),
+            &[],
+        )
+        .await
+        .2,
+    );
+    assert_eq!(
+        v["result"]["isError"], false,
+        "another tool has its own budget: {v}"
+    );
+    let limited = gw
+        .metric(
+            "mcp_requests_total",
+            &[
+                ("method", "tools/call"),
+                ("tool", "get_user"),
+                ("status", "rate_limited"),
+            ],
+        )
+        .await;
+    assert_eq!(limited, Some(1.0));
+}

@@ -27,6 +27,7 @@ use crate::context::RequestCtx;
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
 use crate::metrics::FILTER_METRICS;
 use crate::opa::{self, Opa, OpaConfig};
+use crate::rate_limit::{RateLimit, RateLimitConfig};
 use crate::units::{ByteSize, HumanDuration};
 use jsonrpc::{
     Incoming, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
@@ -73,6 +74,10 @@ pub struct McpConfig {
     /// canonical arguments and the caller's tenant (only successful results are kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_cache: Option<ResultCacheConfig>,
+    /// Limits per caller (its tenant, else its client IP) and tool: the `rate_limit` filter's
+    /// settings without `key` (local or, with `redis`, cluster-wide).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_rate_limit: Option<RateLimitConfig>,
     /// Per-tool authorization: the `opa` filter's settings (embedded policy or external OPA).
     /// The input is the `opa` filter's document plus `mcp: {method, tool, arguments}`; a tool
     /// the caller may not call is left out of `tools/list` and refused on `tools/call`.
@@ -118,6 +123,7 @@ pub struct Mcp {
     policy: Option<Opa>,
     client: reqwest::Client,
     results: Option<moka::sync::Cache<String, Value>>,
+    tool_limits: Option<RateLimit>,
     in_flight: InFlight,
 }
 
@@ -125,6 +131,8 @@ pub struct Mcp {
 pub const FORBIDDEN: i64 = -32003;
 /// The answer to a request the client cancelled (`notifications/cancelled`; LSP's code).
 pub const REQUEST_CANCELLED: i64 = -32800;
+/// A call refused by `tool_rate_limit` (a server-defined JSON-RPC error code).
+pub const RATE_LIMITED: i64 = -32004;
 
 /// Who is asking, for one POST: the session, its protocol version, the policy input of the
 /// HTTP request (without its `mcp` part) and the caller's tenant.
@@ -133,6 +141,8 @@ struct Caller {
     version: String,
     base: Option<Rego>,
     tenant: String,
+    /// Who the per-tool limits count: the tenant, else the client IP.
+    rate_key: String,
 }
 
 /// Calls in flight, by session and JSON-RPC id, so `notifications/cancelled` can abort them.
@@ -254,6 +264,13 @@ impl Mcp {
             return Err("session_ttl: at most 30 days".into());
         }
         let registry = ToolRegistry::build(&cfg.tools)?;
+        let tool_limits = match &cfg.tool_rate_limit {
+            Some(rl) if rl.key != "{{ client_ip }}" => {
+                return Err("tool_rate_limit.key: not used: these limits count per caller (tenant, else client IP) and tool".into())
+            }
+            Some(rl) => Some(RateLimit::build(rl).map_err(|e| format!("tool_rate_limit.{e}"))?),
+            None => None,
+        };
         let policy = match &cfg.policy {
             Some(p) => Some(Opa::build(p).map_err(|e| format!("policy: {e}"))?),
             None => None,
@@ -289,6 +306,7 @@ impl Mcp {
                     .build()
             }),
             in_flight: InFlight::default(),
+            tool_limits,
         })
     }
 
@@ -321,6 +339,7 @@ impl Mcp {
             .as_ref()
             .and_then(|i| i.tenant.clone())
             .unwrap_or_default();
+        let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let header = |name: &str| {
             req.headers
                 .get(name)
@@ -411,11 +430,17 @@ impl Mcp {
                 ));
             }
         }
+        let rate_key = if tenant.is_empty() {
+            client_ip
+        } else {
+            tenant.clone()
+        };
         let caller = Caller {
             session_id: id,
             version: state.protocol_version,
             base,
             tenant,
+            rate_key,
         };
         let version = caller.version.as_str();
         match message {
@@ -632,6 +657,16 @@ impl Mcp {
         {
             self.count("tools/call", name, "denied");
             return jsonrpc::error(id, FORBIDDEN, &format!("forbidden: {reason}"));
+        }
+        if let Some(limits) = &self.tool_limits {
+            if !limits.admit(&format!("{}|{name}", caller.rate_key)).await {
+                self.count("tools/call", name, "rate_limited");
+                return jsonrpc::error(
+                    id,
+                    RATE_LIMITED,
+                    &format!("rate limit exceeded for tool `{name}`: try again later"),
+                );
+            }
         }
         let violations = tool.violations(&Value::Object(arguments.clone()));
         if !violations.is_empty() {
