@@ -1088,3 +1088,107 @@ async fn tool_rate_limits_count_per_caller_and_tool() {
         .await;
     assert_eq!(limited, Some(1.0));
 }
+
+fn tool_resource(name: &str, api: &Api) -> String {
+    format!(
+        r#"apiVersion: gostoa.dev/v1alpha1
+kind: Tool
+metadata:
+  name: {name}
+  namespace: default
+  labels: {{ app: users }}
+spec:
+  description: Look a user up (from a Tool resource)
+  inputSchema:
+    type: object
+    required: [id]
+    properties: {{ id: {{ type: integer }} }}
+  backend:
+    url: "http://{}/users/{{id}}"
+"#,
+        api.addr
+    )
+}
+
+/// Tools from a directory of `kind: Tool` resources; a reload picks up a new file, and a
+/// session opened before the reload lists and calls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_resources_from_a_directory_and_reload() {
+    let api = api().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    std::fs::write(
+        dir.path().join("a-user.yaml"),
+        tool_resource("crd-user", &api),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("README.txt"), "not a tool").unwrap();
+    let yaml = mcp_config(
+        &api,
+        &format!("      tools_dir: \"{}\"\n", dir.path().display()),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let url = gw.url("/mcp");
+    let (_, sid) = initialize(&url, "2025-11-25").await;
+    let list = |cursor: Option<String>| {
+        let params = cursor.map_or(json!({}), |c| json!({"cursor": c}));
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": params}).to_string()
+    };
+    let names = || async {
+        let (mut names, mut cursor) = (Vec::new(), None);
+        loop {
+            let v = json_of(&post(&url, &list(cursor.take()), Some(&sid), &[]).await.2);
+            for t in v["result"]["tools"].as_array().unwrap() {
+                names.push(t["name"].as_str().unwrap().to_string());
+            }
+            match v["result"]["nextCursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return names,
+            }
+        }
+    };
+    assert_eq!(
+        names().await,
+        ["get_user", "search_users", "create_order", "crd-user"]
+    );
+
+    std::fs::write(
+        dir.path().join("b-user.yaml"),
+        tool_resource("crd-user-2", &api),
+    )
+    .unwrap();
+    gw.signal(libc::SIGHUP);
+    gw.wait_metric(
+        "stoa_config_reloads_total",
+        &[("result", "ok")],
+        std::time::Duration::from_secs(10),
+        |v| v >= Some(1.0),
+    )
+    .await;
+    assert_eq!(
+        names().await,
+        [
+            "get_user",
+            "search_users",
+            "create_order",
+            "crd-user",
+            "crd-user-2"
+        ],
+        "the session opened before the reload sees the new tool"
+    );
+    let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"crd-user-2","arguments":{"id":3}}}"#;
+    let v = json_of(&post(&url, call, Some(&sid), &[]).await.2);
+    assert_eq!(v["result"]["structuredContent"]["name"], "user-3", "{v}");
+
+    // A broken resource is refused naming the file; the old tools keep serving.
+    std::fs::write(dir.path().join("c-bad.yaml"), "apiVersion: gostoa.dev/v1alpha1\nkind: Prompt\nmetadata: { name: x }\nspec: { backend: { url: \"http://x/\" } }\n").unwrap();
+    gw.signal(libc::SIGHUP);
+    gw.wait_metric(
+        "stoa_config_reloads_total",
+        &[("result", "error")],
+        std::time::Duration::from_secs(10),
+        |v| v >= Some(1.0),
+    )
+    .await;
+    assert!(gw.stderr().contains("c-bad.yaml"), "{}", gw.stderr());
+    assert_eq!(names().await.len(), 5);
+}

@@ -7,6 +7,7 @@
 
 pub mod jsonrpc;
 pub mod session;
+pub mod tool_resources;
 pub mod tools;
 
 use std::time::{Duration, Instant};
@@ -70,6 +71,10 @@ pub struct McpConfig {
     pub page_size: usize,
     #[serde(default)]
     pub tools: Vec<ToolConfig>,
+    /// A directory of `kind: Tool` resources (`apiVersion: gostoa.dev/v1alpha1`), read at every
+    /// config load and reload, added after `tools`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools_dir: Option<String>,
     /// Reuse results of tools annotated `idempotentHint: true` for `ttl`, keyed by tool,
     /// canonical arguments and the caller's tenant (only successful results are kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -263,7 +268,14 @@ impl Mcp {
         if cfg.session_ttl.0 > Duration::from_secs(30 * 24 * 3600) {
             return Err("session_ttl: at most 30 days".into());
         }
-        let registry = ToolRegistry::build(&cfg.tools)?;
+        let mut tools = cfg.tools.clone();
+        if let Some(dir) = &cfg.tools_dir {
+            tools.extend(
+                tool_resources::load_dir(std::path::Path::new(dir))
+                    .map_err(|e| format!("tools_dir: {e}"))?,
+            );
+        }
+        let registry = ToolRegistry::build(&tools)?;
         let tool_limits = match &cfg.tool_rate_limit {
             Some(rl) if rl.key != "{{ client_ip }}" => {
                 return Err("tool_rate_limit.key: not used: these limits count per caller (tenant, else client IP) and tool".into())
