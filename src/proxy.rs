@@ -11,7 +11,7 @@ use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use stoa_filters::request_id::generate_request_id;
-use stoa_filters::{FilterAction, LocalResponse, RequestCtx};
+use stoa_filters::{FilterAction, LocalResponse, LocalStream, RequestCtx};
 use tracing::{debug, warn};
 
 use crate::cluster::Cluster;
@@ -63,6 +63,35 @@ impl Gateway {
         if !no_body {
             session.write_response_body(Some(local.body), true).await?;
         }
+        Ok(())
+    }
+}
+
+impl Gateway {
+    /// Write a streamed local answer: the header (no length: chunked), then each chunk as it
+    /// arrives, flushed; ends when the senders are gone. A client that went away makes a write
+    /// fail, which ends the request and drops the receiver.
+    async fn respond_stream(
+        &self,
+        session: &mut Session,
+        ctx: &mut GatewayCtx,
+        mut stream: LocalStream,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(stream.status, Some(stream.headers.len() + 1))?;
+        for (k, v) in &stream.headers {
+            resp.append_header(k.clone(), v.as_str())?;
+        }
+        let chain = ctx.chain.clone();
+        for &i in &chain.response_headers {
+            if i < ctx.ran {
+                chain.filters[i].on_response_headers(session, &mut resp, &mut ctx.req)?;
+            }
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        while let Some(chunk) = stream.body.recv().await {
+            session.write_response_body(Some(chunk), false).await?;
+        }
+        session.write_response_body(None, true).await?;
         Ok(())
     }
 }
@@ -123,6 +152,11 @@ impl ProxyHttp for Gateway {
                 FilterAction::Respond(local) => {
                     ctx.ran = i + 1;
                     self.respond_local(session, ctx, local).await?;
+                    return Ok(true);
+                }
+                FilterAction::Stream(stream) => {
+                    ctx.ran = i + 1;
+                    self.respond_stream(session, ctx, stream).await?;
                     return Ok(true);
                 }
             }

@@ -572,16 +572,38 @@ async fn json_rpc_errors_and_transport_rules() {
         "x".repeat(5000)
     );
     assert_eq!(post(&url, &big, Some(&sid), &[]).await.0, 413);
-    // GET offers no stream here: 405 with Allow.
-    let r = client()
-        .get(&url)
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .unwrap();
+    // GET opens the server's SSE stream (406 without text/event-stream, 400 without a session).
+    let get = |accept: &'static str, session: Option<String>| {
+        let mut rb = client().get(&url).header("accept", accept);
+        if let Some(s) = session {
+            rb = rb.header("mcp-session-id", s);
+        }
+        rb.send()
+    };
+    assert_eq!(
+        get("application/json", Some(sid.clone()))
+            .await
+            .unwrap()
+            .status(),
+        406
+    );
+    assert_eq!(get("text/event-stream", None).await.unwrap().status(), 400);
+    assert_eq!(
+        get("text/event-stream", Some("forged".into()))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let mut stream = get("text/event-stream", Some(sid.clone())).await.unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let first = stream.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b": stream open\n\n");
+    // PUT is not a transport method.
+    let r = client().put(&url).send().await.unwrap();
     assert_eq!(r.status(), 405);
-    assert_eq!(r.headers()["allow"], "POST, DELETE");
+    assert_eq!(r.headers()["allow"], "GET, POST, DELETE");
     // DELETE ends the session; it is then unknown (404).
     let r = client()
         .delete(&url)
@@ -591,6 +613,20 @@ async fn json_rpc_errors_and_transport_rules() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(post(&url, ping, Some(&sid), &[]).await.0, 404);
+    // ... and ends its stream (a hang guard, not a performance bound).
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut rest = Vec::new();
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            rest.extend_from_slice(&chunk);
+        }
+        rest
+    })
+    .await
+    .expect("the stream ends after DELETE");
+    assert!(
+        rest.iter().all(|b| b.is_ascii()),
+        "only keep-alive comments were left"
+    );
     let r = client().delete(&url).send().await.unwrap();
     assert_eq!(r.status(), 400, "DELETE without a session id");
 }
@@ -1191,4 +1227,62 @@ async fn tool_resources_from_a_directory_and_reload() {
     .await;
     assert!(gw.stderr().contains("c-bad.yaml"), "{}", gw.stderr());
     assert_eq!(names().await.len(), 5);
+}
+
+/// A reload that adds a tool: the SDK client, connected before it, receives
+/// `notifications/tools/list_changed` on its GET stream and then lists the new tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_notifies_connected_clients_that_tools_changed() {
+    let api = api().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let yaml = mcp_config(
+        &api,
+        &format!(
+            "      tools_dir: \"{}\"\n      sse_keepalive: 200ms\n",
+            dir.path().display()
+        ),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_client.py");
+    let client = Command::new("python3")
+        .args([script, &gw.url("/mcp"), "watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    // Once the client's stream is open, add a tool and reload.
+    let open = gw
+        .wait_metric(
+            "mcp_sse_streams",
+            &[],
+            std::time::Duration::from_secs(20),
+            |v| v >= Some(1.0),
+        )
+        .await;
+    assert!(open >= Some(1.0), "the SDK client opened no GET stream");
+    std::fs::write(
+        dir.path().join("new.yaml"),
+        tool_resource("brand_new", &api),
+    )
+    .unwrap();
+    gw.signal(libc::SIGHUP);
+    let out = tokio::task::spawn_blocking(move || client.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_of(stdout.trim());
+    assert_eq!(v["notified"], true, "{v}");
+    assert_eq!(
+        v["before"],
+        json!(["get_user", "search_users", "create_order"])
+    );
+    assert_eq!(
+        v["after"],
+        json!(["get_user", "search_users", "create_order", "brand_new"])
+    );
 }

@@ -16,6 +16,17 @@ pub enum FilterAction {
     Continue,
     /// Answer the client now; later filters and the upstream are skipped.
     Respond(LocalResponse),
+    /// Answer the client now with a body streamed as it is produced (an SSE stream): chunks are
+    /// written and flushed as they arrive; the response ends when every sender is dropped, or
+    /// when the client goes away (writes fail, and the receiver is dropped so senders see it).
+    Stream(LocalStream),
+}
+
+/// A streamed local response (see `FilterAction::Stream`).
+pub struct LocalStream {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: tokio::sync::mpsc::Receiver<Bytes>,
 }
 
 /// A response produced by the gateway itself (static route, preflight, 404, 413, ...).

@@ -3,8 +3,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    register_histogram_vec_with_registry, register_int_counter_vec_with_registry, HistogramVec,
-    IntCounterVec, Registry,
+    register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
+    register_int_gauge_with_registry, HistogramVec, IntCounterVec, IntGauge, Registry,
 };
 
 pub struct FilterMetrics {
@@ -25,6 +25,8 @@ pub struct FilterMetrics {
     pub mcp_tool_duration: HistogramVec,
     /// `mcp_tool_cache_total{tool,result}`: result-cache lookups, `hit` or `miss`.
     pub mcp_tool_cache: IntCounterVec,
+    /// `mcp_sse_streams`: open server streams (GET) of MCP sessions.
+    pub mcp_streams: IntGauge,
 }
 
 pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
@@ -63,6 +65,12 @@ pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
             "MCP requests answered by the mcp filter, by method, tool (tools/call) and status",
             &["method", "tool", "status"],
         ),
+        mcp_streams: register_int_gauge_with_registry!(
+            "mcp_sse_streams",
+            "Open server-to-client SSE streams of MCP sessions",
+            registry
+        )
+        .expect("metric"),
         mcp_tool_cache: counter(
             "mcp_tool_cache_total",
             "Result-cache lookups of idempotent MCP tools, by tool and result (hit, miss)",

@@ -7,6 +7,7 @@
 
 pub mod jsonrpc;
 pub mod session;
+pub mod streams;
 pub mod tool_resources;
 pub mod tools;
 
@@ -25,7 +26,7 @@ use serde_json::{json, Map, Value};
 use tracing::warn;
 
 use crate::context::RequestCtx;
-use crate::filter::{phase, Filter, FilterAction, LocalResponse};
+use crate::filter::{phase, Filter, FilterAction, LocalResponse, LocalStream};
 use crate::metrics::FILTER_METRICS;
 use crate::opa::{self, Opa, OpaConfig};
 use crate::rate_limit::{RateLimit, RateLimitConfig};
@@ -66,6 +67,12 @@ pub struct McpConfig {
     /// The largest POST body accepted (413 above).
     #[serde(default = "default_max_body")]
     pub max_body: ByteSize,
+    /// Offer the server's SSE stream on GET (`false`: GET is 405).
+    #[serde(default = "yes")]
+    pub get_stream: bool,
+    /// Interval of the keep-alive comments on open SSE streams.
+    #[serde(default = "default_keepalive")]
+    pub sse_keepalive: HumanDuration,
     /// Tools per `tools/list` page.
     #[serde(default = "default_page_size")]
     pub page_size: usize,
@@ -105,6 +112,16 @@ fn default_max_body() -> ByteSize {
 fn default_page_size() -> usize {
     100
 }
+fn yes() -> bool {
+    true
+}
+fn default_keepalive() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
+}
+
+/// The tool list each path last served, to tell sessions when a reload changed it.
+static SERVED_TOOLS: Lazy<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+    Lazy::new(Default::default);
 
 /// The process's own session key, when none is configured: the same across reloads.
 static PROCESS_SECRET: Lazy<Vec<u8>> = Lazy::new(|| {
@@ -128,6 +145,8 @@ pub struct Mcp {
     policy: Option<Opa>,
     client: reqwest::Client,
     results: Option<moka::sync::Cache<String, Value>>,
+    get_stream: bool,
+    sse_keepalive: Duration,
     tool_limits: Option<RateLimit>,
     in_flight: InFlight,
 }
@@ -262,6 +281,9 @@ impl Mcp {
         if !cfg.path.starts_with('/') {
             return Err("path: must start with `/`".into());
         }
+        if cfg.sse_keepalive.0.is_zero() {
+            return Err("sse_keepalive: must be more than 0".into());
+        }
         if cfg.page_size == 0 {
             return Err("page_size: must be at least 1".into());
         }
@@ -318,6 +340,8 @@ impl Mcp {
                     .build()
             }),
             in_flight: InFlight::default(),
+            get_stream: cfg.get_stream,
+            sse_keepalive: cfg.sse_keepalive.0,
             tool_limits,
         })
     }
@@ -521,7 +545,7 @@ impl Mcp {
         let version = negotiate(requested);
         let result = json!({
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": false}},
+            "capabilities": {"tools": {"listChanged": self.get_stream}},
             "serverInfo": {"name": self.server_name, "version": env!("CARGO_PKG_VERSION")},
         });
         self.count("initialize", "", "ok");
@@ -774,6 +798,22 @@ impl Filter for Mcp {
         phase::REQUEST
     }
 
+    /// Now serving: if a reload changed the tools this path serves, tell every open stream.
+    fn activate(&self) {
+        let tools: Vec<&Value> = self.registry.tools.iter().map(|t| &t.descriptor).collect();
+        let listing = serde_json::to_string(&tools).unwrap_or_default();
+        let previous = SERVED_TOOLS
+            .lock()
+            .unwrap()
+            .insert(self.path.clone(), listing.clone());
+        if previous.is_some_and(|p| p != listing) {
+            streams::HUB.broadcast(
+                &self.path,
+                &json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}),
+            );
+        }
+    }
+
     async fn on_request(
         &self,
         session: &mut Session,
@@ -804,6 +844,7 @@ impl Filter for Mcp {
                 Some(id) => match self.sealer.open(id) {
                     Ok(_) => {
                         self.sealer.terminate(id);
+                        streams::HUB.close(&self.path, id);
                         Reply {
                             status: 204,
                             body: None,
@@ -813,13 +854,49 @@ impl Filter for Mcp {
                     Err(_) => http_error(404, INVALID_REQUEST, "unknown session"),
                 },
             },
+            "GET" if self.get_stream => {
+                let req = session.req_header();
+                let accept = req
+                    .headers
+                    .get("accept")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let last_event_id = req
+                    .headers
+                    .get("last-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                match session_id.as_deref().map(|id| (id, self.sealer.open(id))) {
+                    _ if !accept.contains("text/event-stream") => http_error(
+                        406,
+                        INVALID_REQUEST,
+                        "Accept must include text/event-stream",
+                    ),
+                    None => http_error(400, INVALID_REQUEST, "missing Mcp-Session-Id header"),
+                    Some((_, Err(_))) => http_error(404, INVALID_REQUEST, "unknown session"),
+                    Some((id, Ok(_))) => {
+                        let body =
+                            streams::HUB.open(&self.path, id, last_event_id, self.sse_keepalive);
+                        return Ok(FilterAction::Stream(LocalStream {
+                            status: 200,
+                            headers: vec![
+                                ("content-type".into(), "text/event-stream".into()),
+                                ("cache-control".into(), "no-cache".into()),
+                                ("x-accel-buffering".into(), "no".into()),
+                            ],
+                            body,
+                        }));
+                    }
+                }
+            }
             _ => {
-                let mut r = http_error(
-                    405,
-                    INVALID_REQUEST,
-                    "this endpoint takes POST (messages) and DELETE (end a session); it offers no GET stream",
-                );
-                r.headers.push(("allow".into(), "POST, DELETE".into()));
+                let (allow, why) = if self.get_stream {
+                    ("GET, POST, DELETE", "this endpoint takes GET (the server's stream), POST (messages) and DELETE (end a session)")
+                } else {
+                    ("POST, DELETE", "this endpoint takes POST (messages) and DELETE (end a session); it offers no GET stream")
+                };
+                let mut r = http_error(405, INVALID_REQUEST, why);
+                r.headers.push(("allow".into(), allow.into()));
                 r
             }
         };

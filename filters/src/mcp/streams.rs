@@ -1,0 +1,198 @@
+//! The server's SSE streams (Streamable HTTP's GET) per MCP session, for the whole process:
+//! server-to-client messages (`notifications/tools/list_changed` after a reload) go to every
+//! open stream of a session, each event carries an id, and the last events of each session are
+//! kept so that a client reconnecting with `Last-Event-ID` gets what it missed. Keep-alive
+//! comments at a set interval keep idle streams open through proxies and reveal dead clients.
+//! Process-wide so that it outlives config reloads (which rebuild the `mcp` filter).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use once_cell::sync::Lazy;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::metrics::FILTER_METRICS;
+
+/// Events kept per session for resumption.
+const REPLAY: usize = 64;
+/// How long a session's events are kept after its last stream closed.
+const KEEP_IDLE: Duration = Duration::from_secs(600);
+/// Events buffered per stream before a slow client misses some (it can resume).
+const STREAM_BUFFER: usize = 64;
+
+#[derive(Default)]
+struct SessionStreams {
+    next_id: u64,
+    recent: VecDeque<(u64, Bytes)>,
+    senders: Vec<mpsc::Sender<Bytes>>,
+    idle_since: Option<Instant>,
+}
+
+impl SessionStreams {
+    fn live(&mut self) -> usize {
+        self.senders.retain(|s| !s.is_closed());
+        if self.senders.is_empty() && self.idle_since.is_none() {
+            self.idle_since = Some(Instant::now());
+        }
+        self.senders.len()
+    }
+}
+
+#[derive(Default)]
+pub struct StreamHub {
+    /// Keyed by `path \0 session id`.
+    sessions: Mutex<HashMap<String, SessionStreams>>,
+}
+
+pub static HUB: Lazy<StreamHub> = Lazy::new(StreamHub::default);
+
+fn key(path: &str, session: &str) -> String {
+    format!("{path}\u{0}{session}")
+}
+
+fn event(id: u64, message: &Value) -> Bytes {
+    Bytes::from(format!("id: {id}\ndata: {message}\n\n"))
+}
+
+impl StreamHub {
+    /// Open a stream for a session: the events after `last_event_id` are replayed first, then
+    /// new ones and a keep-alive comment every `keepalive` follow.
+    pub fn open(
+        &self,
+        path: &str,
+        session: &str,
+        last_event_id: Option<u64>,
+        keepalive: Duration,
+    ) -> mpsc::Receiver<Bytes> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER + REPLAY);
+        // Tells the client the stream is open (and gets the headers on their way).
+        let _ = tx.try_send(Bytes::from_static(b": stream open\n\n"));
+        {
+            let mut sessions = self.sessions.lock().unwrap();
+            sessions.retain(|_, s| {
+                s.live() > 0 || s.idle_since.is_some_and(|t| t.elapsed() < KEEP_IDLE)
+            });
+            let s = sessions.entry(key(path, session)).or_default();
+            if let Some(last) = last_event_id {
+                for (id, ev) in s.recent.iter().filter(|(id, _)| *id > last) {
+                    let _ = (id, tx.try_send(ev.clone()));
+                }
+            }
+            s.senders.push(tx.clone());
+            s.idle_since = None;
+        }
+        // The registry holds the only strong sender, so `close` ends the stream; the keep-alive
+        // task ends with it, or when a write finds the client gone.
+        let weak = tx.downgrade();
+        drop(tx);
+        FILTER_METRICS.mcp_streams.inc();
+        crate::background::handle().spawn(async move {
+            loop {
+                tokio::time::sleep(keepalive).await;
+                let Some(tx) = weak.upgrade() else { break };
+                if tx
+                    .send(Bytes::from_static(b": keep-alive\n\n"))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            FILTER_METRICS.mcp_streams.dec();
+        });
+        rx
+    }
+
+    fn send(s: &mut SessionStreams, message: &Value) {
+        s.next_id += 1;
+        let ev = event(s.next_id, message);
+        s.recent.push_back((s.next_id, ev.clone()));
+        if s.recent.len() > REPLAY {
+            s.recent.pop_front();
+        }
+        // A full stream misses the event (it stays in `recent` for a resume).
+        s.senders.retain(|tx| {
+            !matches!(
+                tx.try_send(ev.clone()),
+                Err(mpsc::error::TrySendError::Closed(_))
+            )
+        });
+    }
+
+    /// Send a message to every session with a stream on `path`.
+    pub fn broadcast(&self, path: &str, message: &Value) {
+        let prefix = format!("{path}\u{0}");
+        let mut sessions = self.sessions.lock().unwrap();
+        for (_, s) in sessions.iter_mut().filter(|(k, _)| k.starts_with(&prefix)) {
+            if s.live() > 0 {
+                Self::send(s, message);
+            }
+        }
+    }
+
+    /// End a session's streams (DELETE) and forget its events.
+    pub fn close(&self, path: &str, session: &str) {
+        self.sessions.lock().unwrap().remove(&key(path, session));
+    }
+
+    /// Open streams on `path`.
+    pub fn open_streams(&self, path: &str) -> usize {
+        let prefix = format!("{path}\u{0}");
+        let mut sessions = self.sessions.lock().unwrap();
+        sessions
+            .iter_mut()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, s)| s.live())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn events_reach_open_streams_and_replay_after_their_id() {
+        let hub = StreamHub::default();
+        let mut a = hub.open("/m", "s1", None, Duration::from_millis(50));
+        assert_eq!(
+            a.recv().await.unwrap(),
+            Bytes::from_static(b": stream open\n\n")
+        );
+        hub.broadcast("/m", &json!({"n": 1}));
+        hub.broadcast("/other", &json!({"n": 0}));
+        hub.broadcast("/m", &json!({"n": 2}));
+        assert_eq!(
+            a.recv().await.unwrap(),
+            Bytes::from("id: 1\ndata: {\"n\":1}\n\n")
+        );
+        assert_eq!(
+            a.recv().await.unwrap(),
+            Bytes::from("id: 2\ndata: {\"n\":2}\n\n")
+        );
+        assert_eq!(hub.open_streams("/m"), 1);
+        drop(a);
+        assert_eq!(hub.open_streams("/m"), 0);
+        // Reconnecting after event 1 replays event 2 only.
+        let mut b = hub.open("/m", "s1", Some(1), Duration::from_millis(50));
+        b.recv().await.unwrap();
+        assert_eq!(
+            b.recv().await.unwrap(),
+            Bytes::from("id: 2\ndata: {\"n\":2}\n\n")
+        );
+        assert_eq!(
+            b.recv().await.unwrap(),
+            Bytes::from_static(b": keep-alive\n\n")
+        );
+        // DELETE: the stream ends.
+        hub.close("/m", "s1");
+        assert_eq!(hub.open_streams("/m"), 0);
+        while let Some(chunk) = b.recv().await {
+            assert_eq!(chunk, Bytes::from_static(b": keep-alive\n\n"));
+        }
+    }
+}
