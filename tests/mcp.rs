@@ -168,18 +168,20 @@ fn python_client_as(bearer: Option<&str>, url: &str, scenario: &str, args: &[&st
     if let Some(b) = bearer {
         cmd.env("MCP_BEARER", b);
     }
+    cmd.arg(script).arg(url).arg(scenario).args(args);
+    run_client(cmd)
+}
+
+/// Run an SDK client to its end; the JSON document it printed.
+fn run_client(mut cmd: Command) -> Value {
     let out = cmd
-        .arg(script)
-        .arg(url)
-        .arg(scenario)
-        .args(args)
         .output()
-        .expect("python3 runs (the test command installs the `mcp` package)");
+        .expect("the client runs (the test command installs the SDKs)");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "the SDK client failed: {stdout}\nstderr:\n{stderr}"
+        "the SDK client failed: {stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
@@ -285,19 +287,9 @@ fn typescript_client(url: &str, args: &[&str]) -> Value {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/ts/mcp_client.mjs"
     );
-    let out = Command::new("node")
-        .arg(script)
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("node runs (the test command installs the TypeScript SDK)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the SDK client failed: {stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    let mut cmd = Command::new("node");
+    cmd.arg(script).arg(url).args(args);
+    run_client(cmd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1284,5 +1276,70 @@ async fn reload_notifies_connected_clients_that_tools_changed() {
     assert_eq!(
         v["after"],
         json!(["get_user", "search_users", "create_order", "brand_new"])
+    );
+}
+
+/// The 2024-11-05 HTTP+SSE transport: the Python SDK's `sse_client` gets the `endpoint`
+/// event, POSTs its messages there and reads the answers from the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_over_the_legacy_sse_transport() {
+    let api = api().await;
+    let gw = Gateway::start(&mcp_config(&api, "")).await;
+    let url = gw.url("/sse");
+    let out = tokio::task::spawn_blocking(move || {
+        python_client(
+            &url,
+            "tools",
+            &[r#"get_user={"id": 11}"#, r#"get_user={"id": 0}"#, "ghost="],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out["initialize"]["protocolVersion"], "2024-11-05", "{out}");
+    assert_eq!(out["pages"], 2);
+    assert_eq!(out["tools"].as_array().unwrap().len(), 3);
+    let calls = out["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["isError"], false, "{out}");
+    let text: Value =
+        serde_json::from_str(calls[0]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(text["name"], "user-11");
+    assert!(
+        calls[0].get("structuredContent").is_none(),
+        "2024-11-05 has no structuredContent"
+    );
+    assert_eq!(calls[1]["isError"], true);
+    assert_eq!(calls[2]["error"]["code"], -32602, "unknown tool: {out}");
+
+    // Raw: an unknown session is 404; the POST answers 202 and the reply goes to the stream.
+    let r = client()
+        .post(gw.url("/messages?session_id=forged"))
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let mut stream = client().get(gw.url("/sse")).send().await.unwrap();
+    let first = String::from_utf8(stream.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    let endpoint = first
+        .strip_prefix("event: endpoint\ndata: ")
+        .and_then(|e| e.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("{first:?}"))
+        .to_string();
+    assert!(endpoint.starts_with("/messages?session_id="), "{endpoint}");
+    let r = client()
+        .post(gw.url(&endpoint))
+        .body(r#"{"jsonrpc":"2.0","id":"p1","method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let event = String::from_utf8(stream.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    let data = event
+        .strip_prefix("id: 1\ndata: ")
+        .and_then(|e| e.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("{event:?}"));
+    assert_eq!(
+        json_of(data),
+        json!({"jsonrpc": "2.0", "id": "p1", "result": {}})
     );
 }

@@ -67,6 +67,14 @@ pub struct McpConfig {
     /// The largest POST body accepted (413 above).
     #[serde(default = "default_max_body")]
     pub max_body: ByteSize,
+    /// Also serve the 2024-11-05 HTTP+SSE transport: `GET sse_path` opens the stream, whose
+    /// first event names `messages_path?session_id=…` for the client's POSTs.
+    #[serde(default = "yes")]
+    pub legacy_sse: bool,
+    #[serde(default = "default_sse_path")]
+    pub sse_path: String,
+    #[serde(default = "default_messages_path")]
+    pub messages_path: String,
     /// Offer the server's SSE stream on GET (`false`: GET is 405).
     #[serde(default = "yes")]
     pub get_stream: bool,
@@ -115,6 +123,14 @@ fn default_page_size() -> usize {
 fn yes() -> bool {
     true
 }
+fn default_sse_path() -> String {
+    "/sse".into()
+}
+fn default_messages_path() -> String {
+    "/messages".into()
+}
+/// The legacy HTTP+SSE transport speaks this version only.
+const LEGACY_VERSION: &str = "2024-11-05";
 fn default_keepalive() -> HumanDuration {
     HumanDuration(Duration::from_secs(15))
 }
@@ -147,6 +163,8 @@ pub struct Mcp {
     results: Option<moka::sync::Cache<String, Value>>,
     get_stream: bool,
     sse_keepalive: Duration,
+    /// `(sse_path, messages_path)` when the legacy transport is on.
+    legacy: Option<(String, String)>,
     tool_limits: Option<RateLimit>,
     in_flight: InFlight,
 }
@@ -281,6 +299,16 @@ impl Mcp {
         if !cfg.path.starts_with('/') {
             return Err("path: must start with `/`".into());
         }
+        if cfg.legacy_sse {
+            for (key, p) in [
+                ("sse_path", &cfg.sse_path),
+                ("messages_path", &cfg.messages_path),
+            ] {
+                if !p.starts_with('/') || *p == cfg.path {
+                    return Err(format!("{key}: must start with `/` and differ from `path`"));
+                }
+            }
+        }
         if cfg.sse_keepalive.0.is_zero() {
             return Err("sse_keepalive: must be more than 0".into());
         }
@@ -341,6 +369,9 @@ impl Mcp {
             }),
             in_flight: InFlight::default(),
             get_stream: cfg.get_stream,
+            legacy: cfg
+                .legacy_sse
+                .then(|| (cfg.sse_path.clone(), cfg.messages_path.clone())),
             sse_keepalive: cfg.sse_keepalive.0,
             tool_limits,
         })
@@ -368,14 +399,6 @@ impl Mcp {
 
     async fn post(&self, session: &mut Session, ctx: &RequestCtx) -> Result<Reply> {
         let req = session.req_header();
-        // The policy input of this HTTP request (its `mcp` part is added per message).
-        let base = self.policy.is_some().then(|| opa::input_document(req, ctx));
-        let tenant = ctx
-            .identity
-            .as_ref()
-            .and_then(|i| i.tenant.clone())
-            .unwrap_or_default();
-        let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let header = |name: &str| {
             req.headers
                 .get(name)
@@ -466,18 +489,7 @@ impl Mcp {
                 ));
             }
         }
-        let rate_key = if tenant.is_empty() {
-            client_ip
-        } else {
-            tenant.clone()
-        };
-        let caller = Caller {
-            session_id: id,
-            version: state.protocol_version,
-            base,
-            tenant,
-            rate_key,
-        };
+        let caller = self.caller(ctx, session.req_header(), id, state.protocol_version);
         let version = caller.version.as_str();
         match message {
             Value::Array(batch) => {
@@ -554,6 +566,106 @@ impl Mcp {
             .headers
             .push((SESSION_HEADER.into(), self.sealer.seal(version)));
         reply
+    }
+
+    /// Legacy transport, `GET sse_path`: a new session and its stream, whose first event is
+    /// the `endpoint` to POST messages to.
+    fn legacy_open(&self, sse_path: &str, messages_path: &str) -> FilterAction {
+        let id = self.sealer.seal(LEGACY_VERSION);
+        let first = Bytes::from(format!(
+            "event: endpoint\ndata: {messages_path}?session_id={id}\n\n"
+        ));
+        let body = streams::HUB.open_with(sse_path, &id, None, self.sse_keepalive, first);
+        FilterAction::Stream(LocalStream {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "text/event-stream".into()),
+                ("cache-control".into(), "no-cache".into()),
+                ("x-accel-buffering".into(), "no".into()),
+            ],
+            body,
+        })
+    }
+
+    /// Legacy transport, `POST messages_path?session_id=…`: the message is handled here and
+    /// its answer sent as an event on the session's stream; the POST itself gets 202.
+    async fn legacy_post(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        sse_path: &str,
+    ) -> Result<Reply> {
+        let req = session.req_header();
+        let id = form_urlencoded::parse(req.uri.query().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "session_id")
+            .map(|(_, v)| v.into_owned());
+        let Some(id) = id else {
+            return Ok(http_error(400, INVALID_REQUEST, "missing session_id"));
+        };
+        if self.sealer.open(&id).is_err() {
+            return Ok(http_error(404, INVALID_REQUEST, "unknown session"));
+        }
+        let caller = self.caller(ctx, req, id, LEGACY_VERSION.to_string());
+        let Some(body) = self.read_body(session).await? else {
+            return Ok(http_error(
+                413,
+                INVALID_REQUEST,
+                &format!("the request body exceeds {} bytes", self.max_body),
+            ));
+        };
+        let mut message: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return Ok(http_error(400, PARSE_ERROR, &format!("parse error: {e}"))),
+        };
+        let reply = if message.get("method").and_then(Value::as_str) == Some("initialize") {
+            // This transport speaks its own version, whatever the client asked.
+            if let Some(p) = message.get_mut("params").and_then(Value::as_object_mut) {
+                p.insert("protocolVersion".into(), json!(LEGACY_VERSION));
+            }
+            self.handle_initialize(&message).body
+        } else if message.is_array() {
+            Some(jsonrpc::error(
+                Value::Null,
+                INVALID_REQUEST,
+                "JSON-RPC batches are not part of protocol version 2024-11-05",
+            ))
+        } else {
+            self.handle_message(&message, &caller).await
+        };
+        if let Some(reply) = reply {
+            streams::HUB.publish(sse_path, &caller.session_id, &reply);
+        }
+        let mut r = Reply::accepted();
+        r.body = None;
+        Ok(r)
+    }
+
+    /// Who is calling, for one request of a session.
+    fn caller(
+        &self,
+        ctx: &RequestCtx,
+        req: &pingora_http::RequestHeader,
+        session_id: String,
+        version: String,
+    ) -> Caller {
+        let base = self.policy.is_some().then(|| opa::input_document(req, ctx));
+        let tenant = ctx
+            .identity
+            .as_ref()
+            .and_then(|i| i.tenant.clone())
+            .unwrap_or_default();
+        let rate_key = if tenant.is_empty() {
+            ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default()
+        } else {
+            tenant.clone()
+        };
+        Caller {
+            session_id,
+            version,
+            base,
+            tenant,
+            rate_key,
+        }
     }
 
     fn count(&self, method: &str, tool: &str, status: &str) {
@@ -820,7 +932,17 @@ impl Filter for Mcp {
         ctx: &mut RequestCtx,
     ) -> Result<FilterAction> {
         let req = session.req_header();
-        if req.uri.path() != self.path {
+        let path = req.uri.path();
+        let legacy = self.legacy.as_ref().and_then(|(sse, messages)| {
+            if path == sse {
+                Some(true)
+            } else if path == messages {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        if path != self.path && legacy.is_none() {
             return Ok(FilterAction::Continue);
         }
         if let Some(origin) = req.headers.get("origin").and_then(|v| v.to_str().ok()) {
@@ -832,6 +954,22 @@ impl Filter for Mcp {
             }
         }
         let method = req.method.clone();
+        if let (Some(is_stream), Some((sse, messages))) = (legacy, &self.legacy) {
+            let reply = match (is_stream, method.as_str()) {
+                (true, "GET") => return Ok(self.legacy_open(sse, messages)),
+                (false, "POST") => self.legacy_post(session, ctx, sse).await?,
+                _ => {
+                    let mut r = http_error(405, INVALID_REQUEST, "method not allowed");
+                    let allow = if is_stream { "GET" } else { "POST" };
+                    r.headers.push(("allow".into(), allow.into()));
+                    r
+                }
+            };
+            if reply.status >= 400 {
+                ctx.reject("mcp", "protocol");
+            }
+            return Ok(FilterAction::Respond(reply.into_local()));
+        }
         let session_id = req
             .headers
             .get(SESSION_HEADER)

@@ -67,9 +67,22 @@ impl StreamHub {
         last_event_id: Option<u64>,
         keepalive: Duration,
     ) -> mpsc::Receiver<Bytes> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER + REPLAY);
         // Tells the client the stream is open (and gets the headers on their way).
-        let _ = tx.try_send(Bytes::from_static(b": stream open\n\n"));
+        let first = Bytes::from_static(b": stream open\n\n");
+        self.open_with(path, session, last_event_id, keepalive, first)
+    }
+
+    /// `open`, with `first` as the stream's first bytes (the legacy transport's `endpoint`).
+    pub fn open_with(
+        &self,
+        path: &str,
+        session: &str,
+        last_event_id: Option<u64>,
+        keepalive: Duration,
+        first: Bytes,
+    ) -> mpsc::Receiver<Bytes> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER + REPLAY);
+        let _ = tx.try_send(first);
         {
             let mut sessions = self.sessions.lock().unwrap();
             sessions.retain(|_, s| {
@@ -131,6 +144,14 @@ impl StreamHub {
                 Self::send(s, message);
             }
         }
+    }
+
+    /// Send a message to one session's streams (kept for resumption when none is open).
+    pub fn publish(&self, path: &str, session: &str, message: &Value) {
+        let mut sessions = self.sessions.lock().unwrap();
+        let s = sessions.entry(key(path, session)).or_default();
+        s.live();
+        Self::send(s, message);
     }
 
     /// End a session's streams (DELETE) and forget its events.
