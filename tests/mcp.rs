@@ -1179,6 +1179,15 @@ async fn tool_resources_from_a_directory_and_reload() {
         ["get_user", "search_users", "create_order", "crd-user"]
     );
 
+    // A session ended before the reload stays ended after it.
+    let (_, ended) = initialize(&url, "2025-11-25").await;
+    let r = client()
+        .delete(&url)
+        .header("mcp-session-id", &ended)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
     std::fs::write(
         dir.path().join("b-user.yaml"),
         tool_resource("crd-user-2", &api),
@@ -1206,6 +1215,11 @@ async fn tool_resources_from_a_directory_and_reload() {
     let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"crd-user-2","arguments":{"id":3}}}"#;
     let v = json_of(&post(&url, call, Some(&sid), &[]).await.2);
     assert_eq!(v["result"]["structuredContent"]["name"], "user-3", "{v}");
+    assert_eq!(
+        post(&url, call, Some(&ended), &[]).await.0,
+        404,
+        "terminated before the reload"
+    );
 
     // A broken resource is refused naming the file; the old tools keep serving.
     std::fs::write(dir.path().join("c-bad.yaml"), "apiVersion: gostoa.dev/v1alpha1\nkind: Prompt\nmetadata: { name: x }\nspec: { backend: { url: \"http://x/\" } }\n").unwrap();
@@ -1252,6 +1266,14 @@ async fn reload_notifies_connected_clients_that_tools_changed() {
         )
         .await;
     assert!(open >= Some(1.0), "the SDK client opened no GET stream");
+    // ... and it has listed the tools (two pages of two; its stream may open before that).
+    gw.wait_metric(
+        "mcp_requests_total",
+        &[("method", "tools/list"), ("tool", ""), ("status", "ok")],
+        std::time::Duration::from_secs(20),
+        |v| v >= Some(2.0),
+    )
+    .await;
     std::fs::write(
         dir.path().join("new.yaml"),
         tool_resource("brand_new", &api),

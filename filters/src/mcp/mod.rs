@@ -1,9 +1,11 @@
-//! `mcp` filter: terminates the Model Context Protocol's Streamable HTTP transport at one path
-//! (`/mcp`) and serves the tools of its registry. POST carries JSON-RPC messages (answered as
-//! `application/json`; notifications and responses get 202), DELETE ends a session, GET (the
-//! server-initiated stream) is 405. Sessions are sealed into `Mcp-Session-Id` (see `session`),
-//! versions 2024-11-05 to 2025-11-25 are negotiated by `initialize`, `Origin` is checked
-//! against DNS rebinding, and bad input gets the JSON-RPC error object with the right id.
+//! `mcp` filter: terminates the Model Context Protocol for AI agents and serves the tools of its
+//! registry. Streamable HTTP at one path (`/mcp`): POST carries JSON-RPC messages (answered as
+//! `application/json`; notifications and responses get 202), GET opens the server's SSE stream
+//! (see `streams`), DELETE ends a session; the 2024-11-05 HTTP+SSE transport at `/sse` +
+//! `/messages`. Sessions are sealed into `Mcp-Session-Id` (see `session`), versions 2024-11-05
+//! to 2025-11-25 are negotiated by `initialize`, `Origin` is checked against DNS rebinding, and
+//! bad input gets the JSON-RPC error object with the right id. Per tool: policy, rate limits,
+//! a result cache, cancellation.
 
 pub mod jsonrpc;
 pub mod session;

@@ -36,8 +36,17 @@ pub enum SessionError {
 pub struct SessionSealer {
     key: Vec<u8>,
     ttl: Duration,
-    terminated: moka::sync::Cache<String, ()>,
 }
+
+/// Sessions ended by `DELETE`, for the whole process (so a config reload, which builds a new
+/// sealer, does not bring them back), kept as long as a session may live (30 days at most).
+static TERMINATED: once_cell::sync::Lazy<moka::sync::Cache<String, ()>> =
+    once_cell::sync::Lazy::new(|| {
+        moka::sync::Cache::builder()
+            .max_capacity(1_000_000)
+            .time_to_live(Duration::from_secs(30 * 24 * 3600))
+            .build()
+    });
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -51,10 +60,6 @@ impl SessionSealer {
         SessionSealer {
             key: secret.to_vec(),
             ttl,
-            terminated: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build(),
         }
     }
 
@@ -98,7 +103,7 @@ impl SessionSealer {
         if issued_at + self.ttl.as_secs() < unix_now() {
             return Err(SessionError::Expired);
         }
-        if self.terminated.contains_key(id) {
+        if TERMINATED.contains_key(id) {
             return Err(SessionError::Terminated);
         }
         Ok(SessionState {
@@ -107,9 +112,9 @@ impl SessionSealer {
         })
     }
 
-    /// End a session (`DELETE`): later requests with this id get 404 here.
+    /// End a session (`DELETE`): later requests with this id get 404 from this process.
     pub fn terminate(&self, id: &str) {
-        self.terminated.insert(id.to_string(), ());
+        TERMINATED.insert(id.to_string(), ());
     }
 }
 
