@@ -151,7 +151,7 @@ fn main() {
         info!(primary_gateway = %pg, "sidecar: running behind the primary gateway");
     }
     if state.config.gateway.mode == Some(Mode::EdgeMcp) && cli.config.is_none() {
-        warn!("edge-mcp preset: MCP termination is not built yet; requests pass through to the upstream");
+        warn!("edge-mcp preset without a config file: requests pass through to the upstream MCP server (federation is not built yet); MCP termination with a tool registry needs a config, see conf/edge-mcp.yaml");
     }
     run(state, cli, overrides)
 }
