@@ -49,6 +49,11 @@ impl AdminApp {
                 ));
             }
         }
+        for chain in &state.chains {
+            if let Some(why) = chain.filters.iter().find_map(|f| f.not_ready()) {
+                return Some(why);
+            }
+        }
         for c in state.clusters.values() {
             if !c.health_known() {
                 return Some(format!(

@@ -696,3 +696,40 @@ async fn keycloak_env_vars_secure_the_proxy_preset_without_a_file() {
     );
     drop(gw);
 }
+
+/// `/ready` waits for the first fetch of remote signing keys (so no traffic is routed to a
+/// gateway that would answer 503 to every token), and a fetch that fails still ends the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_the_first_key_fetch() {
+    let up = echo("b").await;
+    // A JWKS endpoint that accepts connections and never answers.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks", black_hole.local_addr().unwrap());
+    let filter = format!(
+        "      issuer: \"https://issuer.test\"\n      audiences: [{AUD}]\n      jwks_url: \"{url}\"\n      fetch_timeout: 3s\n"
+    );
+    let gw = Gateway::builder()
+        .config(&config(&filter, "", &up))
+        .wait_ready(false)
+        .start()
+        .await;
+    let cl = fresh_client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut saw_waiting = false;
+    loop {
+        if let Ok(r) = cl.get(gw.admin_url("/ready")).send().await {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            if status == 503 && body.contains("jwt: fetching signing keys") {
+                saw_waiting = true;
+            }
+            if status == 200 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_waiting, "/ready did not wait for the key fetch");
+    drop(black_hole);
+}

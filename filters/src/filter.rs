@@ -84,6 +84,12 @@ pub trait Filter: Send + Sync {
     /// background work, such as fetching keys. Runs on the control plane's runtime.
     fn activate(&self) {}
 
+    /// Why this filter cannot serve yet (`/ready` answers 503 with it), or `None`: e.g. a `jwt`
+    /// filter whose signing keys have not been fetched once.
+    fn not_ready(&self) -> Option<String> {
+        None
+    }
+
     /// Request headers have arrived. Runs in declared order.
     async fn on_request(
         &self,

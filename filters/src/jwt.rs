@@ -198,6 +198,8 @@ struct RemoteKeys {
     last_attempt: Mutex<Option<Instant>>,
     refreshing: AtomicBool,
     fetch_lock: tokio::sync::Mutex<()>,
+    /// A fetch attempt has finished (successfully or not).
+    attempted: AtomicBool,
 }
 
 static REMOTE_KEYS: Lazy<Mutex<Vec<Weak<RemoteKeys>>>> = Lazy::new(|| Mutex::new(Vec::new()));
@@ -221,6 +223,7 @@ impl RemoteKeys {
             last_attempt: Mutex::new(None),
             refreshing: AtomicBool::new(false),
             fetch_lock: tokio::sync::Mutex::new(()),
+            attempted: AtomicBool::new(false),
         });
         all.push(Arc::downgrade(&keys));
         keys
@@ -241,6 +244,7 @@ impl RemoteKeys {
             .spawn(async move { me.download().await })
             .await
             .unwrap_or_else(|e| Err(format!("fetch task failed: {e}")));
+        self.attempted.store(true, Ordering::Release);
         match result {
             Ok(keys) => {
                 let generation = self.jwks.load().0 + 1;
@@ -451,6 +455,15 @@ impl KeyStore {
                 remote.refreshing.store(false, Ordering::Release);
             });
         }
+    }
+
+    /// Why requests cannot be verified yet: the first fetch of remote keys has not finished. (A
+    /// failed first fetch counts as finished: the gateway then answers 503 per request, and
+    /// readiness does not wait on an issuer that may stay down.)
+    fn not_ready(&self) -> Option<String> {
+        let remote = self.remote.as_ref()?;
+        (remote.jwks.load().1.is_none() && !remote.attempted.load(Ordering::Acquire))
+            .then(|| format!("jwt: fetching signing keys from {:?}", remote.source))
     }
 
     /// Start fetching now (used when a config version becomes active).
@@ -963,6 +976,10 @@ impl Filter for Jwt {
 
     fn activate(&self) {
         self.keys.prefetch();
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        self.keys.not_ready()
     }
 
     async fn on_request(
