@@ -44,17 +44,13 @@ impl Gateway {
         ctx: &mut GatewayCtx,
         local: LocalResponse,
     ) -> Result<()> {
-        let mut resp = ResponseHeader::build(local.status, Some(local.headers.len() + 2))?;
-        for (k, v) in &local.headers {
-            resp.append_header(k.clone(), v.as_str())?;
-        }
-        resp.insert_header(http::header::CONTENT_LENGTH, local.body.len())?;
-        let chain = ctx.chain.clone();
-        for &i in &chain.response_headers {
-            if i < ctx.ran {
-                chain.filters[i].on_response_headers(session, &mut resp, &mut ctx.req)?;
-            }
-        }
+        let resp = self.local_header(
+            session,
+            ctx,
+            local.status,
+            &local.headers,
+            Some(local.body.len()),
+        )?;
         let head_only = session.req_header().method == http::Method::HEAD;
         let no_body = local.body.is_empty() || head_only;
         session
@@ -65,9 +61,33 @@ impl Gateway {
         }
         Ok(())
     }
-}
 
-impl Gateway {
+    /// The header of a gateway-made answer (`Content-Length` when the length is known),
+    /// through the response-header phase of the filters that ran.
+    fn local_header(
+        &self,
+        session: &Session,
+        ctx: &mut GatewayCtx,
+        status: u16,
+        headers: &[(String, String)],
+        length: Option<usize>,
+    ) -> Result<ResponseHeader> {
+        let mut resp = ResponseHeader::build(status, Some(headers.len() + 2))?;
+        for (k, v) in headers {
+            resp.append_header(k.clone(), v.as_str())?;
+        }
+        if let Some(len) = length {
+            resp.insert_header(http::header::CONTENT_LENGTH, len)?;
+        }
+        let chain = ctx.chain.clone();
+        for &i in &chain.response_headers {
+            if i < ctx.ran {
+                chain.filters[i].on_response_headers(session, &mut resp, &mut ctx.req)?;
+            }
+        }
+        Ok(resp)
+    }
+
     /// Write a streamed local answer: the header (no length: chunked), then each chunk as it
     /// arrives, flushed; ends when the senders are gone. A client that went away makes a write
     /// fail, which ends the request and drops the receiver.
@@ -77,16 +97,7 @@ impl Gateway {
         ctx: &mut GatewayCtx,
         mut stream: LocalStream,
     ) -> Result<()> {
-        let mut resp = ResponseHeader::build(stream.status, Some(stream.headers.len() + 1))?;
-        for (k, v) in &stream.headers {
-            resp.append_header(k.clone(), v.as_str())?;
-        }
-        let chain = ctx.chain.clone();
-        for &i in &chain.response_headers {
-            if i < ctx.ran {
-                chain.filters[i].on_response_headers(session, &mut resp, &mut ctx.req)?;
-            }
-        }
+        let resp = self.local_header(session, ctx, stream.status, &stream.headers, None)?;
         session.write_response_header(Box::new(resp), false).await?;
         while let Some(chunk) = stream.body.recv().await {
             session.write_response_body(Some(chunk), false).await?;

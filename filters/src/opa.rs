@@ -544,29 +544,36 @@ impl Opa {
         Decision::from_result(&result)
     }
 
-    /// Decide on an input built elsewhere (the `mcp` filter's per-tool checks): allowed, or why
-    /// not. An evaluation error refuses unless `fail_open`. Counted like the filter's decisions.
-    pub async fn authorize(&self, input: Rego) -> std::result::Result<(), String> {
-        let engine = self.engine_label();
-        let m = &FILTER_METRICS.opa_decisions;
-        match self.decide(input).await {
-            Ok(d) if d.allow => {
-                m.with_label_values(&[engine, "allow"]).inc();
-                Ok(())
-            }
-            Ok(d) => {
-                m.with_label_values(&[engine, "deny"]).inc();
-                Err(d.reason.unwrap_or_else(|| "denied by policy".to_string()))
-            }
+    /// Decide, counting the decision (`stoa_opa_decisions_total`) and logging a failure.
+    async fn judge(&self, input: Rego, request_id: &str) -> std::result::Result<Decision, String> {
+        let outcome = self.decide(input).await;
+        let result = match &outcome {
+            Ok(d) if d.allow => "allow",
+            Ok(_) => "deny",
             Err(e) => {
-                m.with_label_values(&[engine, "error"]).inc();
-                warn!(error = %e, fail_open = self.fail_open, "policy evaluation failed");
-                if self.fail_open {
-                    Ok(())
-                } else {
-                    Err("the policy could not be evaluated".to_string())
-                }
+                warn!(request_id, error = %e, fail_open = self.fail_open, "policy evaluation failed");
+                "error"
             }
+        };
+        FILTER_METRICS
+            .opa_decisions
+            .with_label_values(&[self.engine_label(), result])
+            .inc();
+        outcome
+    }
+
+    /// Decide on an input built elsewhere (the `mcp` filter's per-tool checks): allowed, or why
+    /// not. An evaluation error refuses unless `fail_open`.
+    pub async fn authorize(
+        &self,
+        input: Rego,
+        request_id: &str,
+    ) -> std::result::Result<(), String> {
+        match self.judge(input, request_id).await {
+            Ok(d) if d.allow => Ok(()),
+            Ok(d) => Err(d.reason.unwrap_or_else(|| "denied by policy".to_string())),
+            Err(_) if self.fail_open => Ok(()),
+            Err(_) => Err("the policy could not be evaluated".to_string()),
         }
     }
 
@@ -593,11 +600,8 @@ impl Filter for Opa {
         ctx: &mut RequestCtx,
     ) -> Result<FilterAction> {
         let input = input_document(session.req_header(), ctx);
-        let engine = self.engine_label();
-        let m = &FILTER_METRICS.opa_decisions;
-        match self.decide(input).await {
+        match self.judge(input, &ctx.request_id).await {
             Ok(d) if d.allow => {
-                m.with_label_values(&[engine, "allow"]).inc();
                 if self.sample_allow() {
                     ctx.policy = Some(PolicyLog {
                         allow: true,
@@ -610,7 +614,6 @@ impl Filter for Opa {
                 Ok(FilterAction::Continue)
             }
             Ok(d) => {
-                m.with_label_values(&[engine, "deny"]).inc();
                 let reason = d
                     .reason
                     .clone()
@@ -634,8 +637,6 @@ impl Filter for Opa {
                 Ok(FilterAction::Respond(resp))
             }
             Err(e) => {
-                m.with_label_values(&[engine, "error"]).inc();
-                warn!(request_id = %ctx.request_id, error = %e, fail_open = self.fail_open, "policy evaluation failed");
                 ctx.policy = Some(PolicyLog {
                     allow: self.fail_open,
                     reason: Some(format!("evaluation failed: {e}")),

@@ -187,6 +187,8 @@ struct Caller {
     tenant: String,
     /// Who the per-tool limits count: the tenant, else the client IP.
     rate_key: String,
+    /// The HTTP request's id, for logs.
+    request_id: String,
 }
 
 /// Calls in flight, by session and JSON-RPC id, so `notifications/cancelled` can abort them.
@@ -387,16 +389,25 @@ impl Mcp {
                 .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
     }
 
-    /// Read the whole body, or `None` when it exceeds `max_body`.
-    async fn read_body(&self, session: &mut Session) -> Result<Option<Vec<u8>>> {
+    /// Read the whole body as JSON; the refusal when it exceeds `max_body` (413) or is not
+    /// JSON (-32700).
+    async fn read_message(
+        &self,
+        session: &mut Session,
+    ) -> Result<std::result::Result<Value, Reply>> {
         let mut body = Vec::new();
         while let Some(chunk) = session.read_request_body().await? {
             if (body.len() + chunk.len()) as u64 > self.max_body {
-                return Ok(None);
+                return Ok(Err(http_error(
+                    413,
+                    INVALID_REQUEST,
+                    &format!("the request body exceeds {} bytes", self.max_body),
+                )));
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Some(body))
+        Ok(serde_json::from_slice(&body)
+            .map_err(|e| http_error(400, PARSE_ERROR, &format!("parse error: {e}"))))
     }
 
     async fn post(&self, session: &mut Session, ctx: &RequestCtx) -> Result<Reply> {
@@ -429,16 +440,9 @@ impl Mcp {
         }
         let session_id = header(SESSION_HEADER);
         let version_header = header(VERSION_HEADER);
-        let Some(body) = self.read_body(session).await? else {
-            return Ok(http_error(
-                413,
-                INVALID_REQUEST,
-                &format!("the request body exceeds {} bytes", self.max_body),
-            ));
-        };
-        let message: Value = match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => return Ok(http_error(400, PARSE_ERROR, &format!("parse error: {e}"))),
+        let message = match self.read_message(session).await? {
+            Ok(m) => m,
+            Err(refusal) => return Ok(refusal),
         };
         if let Some(v) = &version_header {
             if !PROTOCOL_VERSIONS.contains(&v.as_str()) {
@@ -577,16 +581,7 @@ impl Mcp {
         let first = Bytes::from(format!(
             "event: endpoint\ndata: {messages_path}?session_id={id}\n\n"
         ));
-        let body = streams::HUB.open_with(sse_path, &id, None, self.sse_keepalive, first);
-        FilterAction::Stream(LocalStream {
-            status: 200,
-            headers: vec![
-                ("content-type".into(), "text/event-stream".into()),
-                ("cache-control".into(), "no-cache".into()),
-                ("x-accel-buffering".into(), "no".into()),
-            ],
-            body,
-        })
+        sse_answer(streams::HUB.open_with(sse_path, &id, None, self.sse_keepalive, first))
     }
 
     /// Legacy transport, `POST messages_path?session_id=…`: the message is handled here and
@@ -608,16 +603,9 @@ impl Mcp {
             return Ok(http_error(404, INVALID_REQUEST, "unknown session"));
         }
         let caller = self.caller(ctx, req, id, LEGACY_VERSION.to_string());
-        let Some(body) = self.read_body(session).await? else {
-            return Ok(http_error(
-                413,
-                INVALID_REQUEST,
-                &format!("the request body exceeds {} bytes", self.max_body),
-            ));
-        };
-        let mut message: Value = match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => return Ok(http_error(400, PARSE_ERROR, &format!("parse error: {e}"))),
+        let mut message = match self.read_message(session).await? {
+            Ok(m) => m,
+            Err(refusal) => return Ok(refusal),
         };
         let reply = if message.get("method").and_then(Value::as_str) == Some("initialize") {
             // This transport speaks its own version, whatever the client asked.
@@ -667,6 +655,7 @@ impl Mcp {
             base,
             tenant,
             rate_key,
+            request_id: ctx.request_id.clone(),
         }
     }
 
@@ -694,7 +683,7 @@ impl Mcp {
         let outcome = match method.as_str() {
             "ping" => Ok(json!({})),
             "initialize" => Err((INVALID_REQUEST, "initialize cannot be batched".to_string())),
-            "tools/list" => self.list_tools(&params, caller.base.as_ref()).await,
+            "tools/list" => self.list_tools(&params, caller).await,
             "tools/call" => return Some(self.call_tool(id, &params, caller).await),
             _ => Err((METHOD_NOT_FOUND, format!("method not found: {method}"))),
         };
@@ -713,12 +702,12 @@ impl Mcp {
     /// Whether the policy lets this request call `tool` (always, without a policy).
     async fn authorize(
         &self,
-        base: Option<&Rego>,
+        caller: &Caller,
         method: &str,
         tool: Option<&str>,
         arguments: Option<&Map<String, Value>>,
     ) -> std::result::Result<(), String> {
-        let (Some(policy), Some(base)) = (&self.policy, base) else {
+        let (Some(policy), Some(base)) = (&self.policy, &caller.base) else {
             return Ok(());
         };
         let mut input = base.clone();
@@ -726,18 +715,18 @@ impl Mcp {
             let mcp = json!({"method": method, "tool": tool, "arguments": arguments});
             fields.insert(Rego::from("mcp"), Rego::from(mcp));
         }
-        policy.authorize(input).await
+        policy.authorize(input, &caller.request_id).await
     }
 
     async fn list_tools(
         &self,
         params: &Value,
-        base: Option<&Rego>,
+        caller: &Caller,
     ) -> std::result::Result<Value, (i64, String)> {
         let mut visible = Vec::with_capacity(self.registry.tools.len());
         for tool in &self.registry.tools {
             if self
-                .authorize(base, "tools/call", Some(&tool.name), None)
+                .authorize(caller, "tools/call", Some(&tool.name), None)
                 .await
                 .is_ok()
             {
@@ -797,12 +786,7 @@ impl Mcp {
             }
         };
         if let Err(reason) = self
-            .authorize(
-                caller.base.as_ref(),
-                "tools/call",
-                Some(name),
-                Some(&arguments),
-            )
+            .authorize(caller, "tools/call", Some(name), Some(&arguments))
             .await
         {
             self.count("tools/call", name, "denied");
@@ -843,7 +827,7 @@ impl Mcp {
                 .inc();
             if let Some(result) = hit {
                 self.count("tools/call", name, "ok");
-                return jsonrpc::result(id, self.for_version(result, &caller.version));
+                return jsonrpc::result(id, for_version(result, &caller.version));
             }
         }
         let started = Instant::now();
@@ -888,18 +872,31 @@ impl Mcp {
         if let (Some(cache), Some(key), false) = (&self.results, cache_key, outcome.is_error) {
             cache.insert(key, result.clone());
         }
-        jsonrpc::result(id, self.for_version(result, &caller.version))
+        jsonrpc::result(id, for_version(result, &caller.version))
     }
+}
 
-    /// A tool result as this protocol version has it: `structuredContent` from 2025-06-18 on.
-    fn for_version(&self, mut result: Value, version: &str) -> Value {
-        if version < "2025-06-18" {
-            if let Some(o) = result.as_object_mut() {
-                o.remove("structuredContent");
-            }
+/// A tool result as this protocol version has it: `structuredContent` from 2025-06-18 on.
+fn for_version(mut result: Value, version: &str) -> Value {
+    if version < "2025-06-18" {
+        if let Some(o) = result.as_object_mut() {
+            o.remove("structuredContent");
         }
-        result
     }
+    result
+}
+
+/// An SSE stream as the answer (either transport).
+fn sse_answer(body: tokio::sync::mpsc::Receiver<Bytes>) -> FilterAction {
+    FilterAction::Stream(LocalStream {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "text/event-stream".into()),
+            ("cache-control".into(), "no-cache".into()),
+            ("x-accel-buffering".into(), "no".into()),
+        ],
+        body,
+    })
 }
 
 #[async_trait]
@@ -1015,17 +1012,12 @@ impl Filter for Mcp {
                     None => http_error(400, INVALID_REQUEST, "missing Mcp-Session-Id header"),
                     Some((_, Err(_))) => http_error(404, INVALID_REQUEST, "unknown session"),
                     Some((id, Ok(_))) => {
-                        let body =
-                            streams::HUB.open(&self.path, id, last_event_id, self.sse_keepalive);
-                        return Ok(FilterAction::Stream(LocalStream {
-                            status: 200,
-                            headers: vec![
-                                ("content-type".into(), "text/event-stream".into()),
-                                ("cache-control".into(), "no-cache".into()),
-                                ("x-accel-buffering".into(), "no".into()),
-                            ],
-                            body,
-                        }));
+                        return Ok(sse_answer(streams::HUB.open(
+                            &self.path,
+                            id,
+                            last_event_id,
+                            self.sse_keepalive,
+                        )));
                     }
                 }
             }

@@ -160,6 +160,7 @@ impl StreamHub {
     }
 
     /// Open streams on `path`.
+    #[cfg(test)]
     pub fn open_streams(&self, path: &str) -> usize {
         let prefix = format!("{path}\u{0}");
         let mut sessions = self.sessions.lock().unwrap();
