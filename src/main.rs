@@ -83,6 +83,10 @@ struct Cli {
     /// neither `policy` nor `endpoint`).
     #[arg(long, env = "PROXY_OPA_ENDPOINT")]
     opa_endpoint: Option<String>,
+    /// Edge-mcp preset: an upstream MCP server to federate, `URL` or `NAME=URL` (repeatable;
+    /// a URL ending in `/sse` speaks the 2024-11-05 transport).
+    #[arg(long = "mcp-upstream", value_name = "[NAME=]URL")]
+    mcp_upstream: Vec<String>,
     /// Run the Rego unit tests (`test_` rules) of a policy directory or file, then exit.
     #[arg(long, value_name = "DIR")]
     test_policies: Option<PathBuf>,
@@ -150,8 +154,11 @@ fn main() {
     if let Some(pg) = &cli.primary_gateway {
         info!(primary_gateway = %pg, "sidecar: running behind the primary gateway");
     }
-    if state.config.gateway.mode == Some(Mode::EdgeMcp) && cli.config.is_none() {
-        warn!("edge-mcp preset without a config file: requests pass through to the upstream MCP server (federation is not built yet); MCP termination with a tool registry needs a config, see conf/edge-mcp.yaml");
+    if state.config.gateway.mode == Some(Mode::EdgeMcp)
+        && cli.config.is_none()
+        && cli.mcp_upstream.is_empty()
+    {
+        warn!("edge-mcp preset without a config file or --mcp-upstream: requests pass through to the upstream; MCP termination with a tool registry needs a config (see conf/edge-mcp.yaml), federation needs --mcp-upstream");
     }
     run(state, cli, overrides)
 }
@@ -163,9 +170,16 @@ fn fail(msg: &str) -> ! {
 
 fn load_config(cli: &Cli) -> Result<GatewayConfig, String> {
     if let Some(path) = &cli.config {
+        if !cli.mcp_upstream.is_empty() {
+            return Err("--mcp-upstream builds the edge-mcp preset and takes no config file: list the servers under the mcp filter's `upstreams:` instead".into());
+        }
         return GatewayConfig::load(path).map_err(|e| e.to_string());
     }
-    let mode = cli.mode.unwrap_or(Mode::Proxy);
+    let mode = cli.mode.unwrap_or(if cli.mcp_upstream.is_empty() {
+        Mode::Proxy
+    } else {
+        Mode::EdgeMcp
+    });
     let upstream = match mode {
         Mode::Shadow => cli.target.as_deref().or(cli.upstream.as_deref()),
         _ => cli.upstream.as_deref(),
@@ -188,6 +202,7 @@ fn load_config(cli: &Cli) -> Result<GatewayConfig, String> {
             _ => None,
         },
         opa_endpoint: cli.opa_endpoint.as_deref(),
+        mcp_upstreams: &cli.mcp_upstream,
     })
     .map_err(|e| e.to_string())
 }

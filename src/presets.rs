@@ -13,6 +13,8 @@ pub struct PresetArgs<'a> {
     pub keycloak: Option<Keycloak<'a>>,
     /// `PROXY_OPA_ENDPOINT`: the proxy preset asks this OPA server about every request.
     pub opa_endpoint: Option<&'a str>,
+    /// `--mcp-upstream [NAME=]URL`: the edge-mcp preset terminates MCP and federates these.
+    pub mcp_upstreams: &'a [String],
 }
 
 pub struct Keycloak<'a> {
@@ -62,19 +64,44 @@ fn upstream_endpoint(url: &str) -> Result<(String, bool), String> {
     Ok((with_port, tls))
 }
 
+/// The edge-mcp preset's `mcp` filter federating `--mcp-upstream`s.
+fn mcp_filter(upstreams: &[String]) -> String {
+    let mut yaml = String::from("    - type: mcp\n      upstreams:\n");
+    for (i, flag) in upstreams.iter().enumerate() {
+        let u = stoa_filters::mcp::federation::UpstreamConfig::from_flag(flag, i);
+        yaml.push_str(&format!(
+            "        - name: {}\n          url: {}\n",
+            quoted(&u.name),
+            quoted(&u.url)
+        ));
+    }
+    yaml
+}
+
 pub fn preset_yaml(a: &PresetArgs) -> Result<String, String> {
-    let upstream = a.upstream.ok_or_else(|| {
-        let flag = match a.mode {
-            Mode::Shadow => "--target (or SHADOW_TARGET_BACKEND)",
-            _ => "--upstream (or GATEWAY_UPSTREAM)",
-        };
-        format!("--mode={} without a config file needs {flag}", a.mode)
-    })?;
-    let (endpoint, tls) = upstream_endpoint(upstream)?;
-    let tls_block = if tls {
-        "\n    tls: { verify: true }"
-    } else {
-        ""
+    let federates = a.mode == Mode::EdgeMcp && !a.mcp_upstreams.is_empty();
+    if !a.mcp_upstreams.is_empty() && a.mode != Mode::EdgeMcp {
+        return Err(format!(
+            "--mcp-upstream is for --mode=edge-mcp, not --mode={}",
+            a.mode
+        ));
+    }
+    let upstream = match a.upstream {
+        Some(u) => Some(u),
+        None if federates => None,
+        None => {
+            let flag = match a.mode {
+                Mode::Shadow => "--target (or SHADOW_TARGET_BACKEND)",
+                Mode::EdgeMcp => {
+                    "--mcp-upstream (MCP servers to federate) or --upstream (or GATEWAY_UPSTREAM)"
+                }
+                _ => "--upstream (or GATEWAY_UPSTREAM)",
+            };
+            return Err(format!(
+                "--mode={} without a config file needs {flag}",
+                a.mode
+            ));
+        }
     };
     // Every preset: request ids and an access log in front of a catch-all route.
     let extra = match a.mode {
@@ -104,13 +131,37 @@ pub fn preset_yaml(a: &PresetArgs) -> Result<String, String> {
             quoted(opa)
         ));
     }
+    // A catch-all route to the upstream (optional when the preset federates MCP servers).
+    let (router, clusters) = match upstream {
+        Some(upstream) => {
+            let (endpoint, tls) = upstream_endpoint(upstream)?;
+            let tls_block = if tls {
+                "\n    tls: { verify: true }"
+            } else {
+                ""
+            };
+            (
+                format!(
+                    "    - type: router\n      routes:\n        - name: upstream\n          match: {{ path_prefix: / }}\n          cluster: upstream\n          preserve_host: {}\n",
+                    // A sidecar and a shadow sit in front of an existing service: keep its
+                    // virtual hosts working.
+                    matches!(a.mode, Mode::Sidecar | Mode::Shadow)
+                ),
+                format!("clusters:\n  upstream:\n    endpoints: [\"{endpoint}\"]{tls_block}\n"),
+            )
+        }
+        None => (String::new(), String::new()),
+    };
+    let mcp = if federates {
+        mcp_filter(a.mcp_upstreams)
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "# preset for --mode={mode}\ngateway:\n  mode: {mode}\nadmin:\n  address: \"{admin}\"\nlisteners:\n  - name: {mode}\n    address: \"0.0.0.0:{port}\"\n    chains: [{mode}]\nchains:\n  {mode}:\n    - type: request_id\n    - type: access_log\n{extra}    - type: router\n      routes:\n        - name: upstream\n          match: {{ path_prefix: / }}\n          cluster: upstream\n          preserve_host: {preserve}\n{security}clusters:\n  upstream:\n    endpoints: [\"{endpoint}\"]{tls_block}\n",
+        "# preset for --mode={mode}\ngateway:\n  mode: {mode}\nadmin:\n  address: \"{admin}\"\nlisteners:\n  - name: {mode}\n    address: \"0.0.0.0:{port}\"\n    chains: [{mode}]\nchains:\n  {mode}:\n    - type: request_id\n    - type: access_log\n{extra}{router}{security}{mcp}{clusters}",
         mode = a.mode,
         admin = a.admin_address,
         port = a.port,
-        // A sidecar and a shadow sit in front of an existing service: keep its virtual hosts working.
-        preserve = matches!(a.mode, Mode::Sidecar | Mode::Shadow),
     ))
 }
 
@@ -133,6 +184,7 @@ mod tests {
                 admin_address: "127.0.0.1:9901",
                 keycloak: None,
                 opa_endpoint: None,
+                mcp_upstreams: &[],
             })
             .unwrap();
             cfg.validate().unwrap();
@@ -153,6 +205,7 @@ mod tests {
                 client_id,
             }),
             opa_endpoint: Some("http://opa:8181"),
+            mcp_upstreams: &[],
         };
         let proxy = preset_yaml(&args(Mode::Proxy, Some("stoa-gateway"))).unwrap();
         assert!(proxy.contains("type: jwt"));
@@ -173,6 +226,38 @@ mod tests {
         assert!(preset_yaml(&args(Mode::Proxy, None))
             .unwrap_err()
             .contains("KEYCLOAK_CLIENT_ID"));
+    }
+
+    #[test]
+    fn mcp_upstreams_make_edge_mcp_federate() {
+        let flags = [
+            "http://127.0.0.1:4000/mcp".to_string(),
+            "crm=http://crm:1/sse".to_string(),
+        ];
+        let args = |mode, upstream| PresetArgs {
+            mode,
+            port: 3001,
+            upstream,
+            admin_address: "127.0.0.1:9901",
+            keycloak: None,
+            opa_endpoint: None,
+            mcp_upstreams: &flags,
+        };
+        let y = preset_yaml(&args(Mode::EdgeMcp, None)).unwrap();
+        assert!(
+            y.contains("type: mcp") && !y.contains("type: router"),
+            "{y}"
+        );
+        assert!(y.contains("name: \"crm\"") && y.contains("url: \"http://crm:1/sse\""));
+        preset(&args(Mode::EdgeMcp, None))
+            .unwrap()
+            .validate()
+            .unwrap();
+        let with_upstream = preset_yaml(&args(Mode::EdgeMcp, Some("http://api:80"))).unwrap();
+        assert!(with_upstream.contains("type: router") && with_upstream.contains("type: mcp"));
+        assert!(preset_yaml(&args(Mode::Proxy, Some("http://api:80")))
+            .unwrap_err()
+            .contains("--mcp-upstream is for --mode=edge-mcp"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post as post_route};
 use axum::Json;
+use common::mcp::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -156,36 +157,6 @@ chains:
     )
 }
 
-/// Run the Python SDK client; its JSON output.
-fn python_client(url: &str, scenario: &str, args: &[&str]) -> Value {
-    python_client_as(None, url, scenario, args)
-}
-
-/// Run the Python SDK client sending `Authorization: Bearer <bearer>`; its JSON output.
-fn python_client_as(bearer: Option<&str>, url: &str, scenario: &str, args: &[&str]) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_client.py");
-    let mut cmd = Command::new("python3");
-    if let Some(b) = bearer {
-        cmd.env("MCP_BEARER", b);
-    }
-    cmd.arg(script).arg(url).arg(scenario).args(args);
-    run_client(cmd)
-}
-
-/// Run an SDK client to its end; the JSON document it printed.
-fn run_client(mut cmd: Command) -> Value {
-    let out = cmd
-        .output()
-        .expect("the client runs (the test command installs the SDKs)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the SDK client failed: {stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_lists_and_calls_rest_tools() {
     let api = api().await;
@@ -281,17 +252,6 @@ async fn python_sdk_lists_and_calls_rest_tools() {
     );
 }
 
-/// Run the TypeScript SDK client; its JSON output.
-fn typescript_client(url: &str, args: &[&str]) -> Value {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/ts/mcp_client.mjs"
-    );
-    let mut cmd = Command::new("node");
-    cmd.arg(script).arg(url).args(args);
-    run_client(cmd)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_sdk_lists_calls_and_ends_its_session() {
     let api = api().await;
@@ -333,50 +293,6 @@ async fn typescript_sdk_lists_calls_and_ends_its_session() {
     let sid = out["sessionId"].as_str().unwrap();
     let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
     assert_eq!(post(&gw.url("/mcp"), ping, Some(sid), &[]).await.0, 404);
-}
-
-/// POST one JSON-RPC body (raw text) with optional session and extra headers.
-async fn post(
-    url: &str,
-    body: &str,
-    session: Option<&str>,
-    headers: &[(&str, &str)],
-) -> (u16, reqwest::header::HeaderMap, String) {
-    let mut rb = client()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(body.to_string());
-    if let Some(s) = session {
-        rb = rb.header("mcp-session-id", s);
-    }
-    for (k, v) in headers {
-        rb = rb.header(*k, *v);
-    }
-    let r = rb.send().await.unwrap();
-    let status = r.status().as_u16();
-    let h = r.headers().clone();
-    (status, h, r.text().await.unwrap())
-}
-
-fn json_of(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
-
-/// `initialize` at `version`: the negotiated version and the session id.
-async fn initialize(url: &str, version: &str) -> (String, String) {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": version, "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "0"}}})
-    .to_string();
-    let (status, headers, text) = post(url, &body, None, &[]).await;
-    assert_eq!(status, 200, "{text}");
-    let v = json_of(&text);
-    let session = headers["mcp-session-id"].to_str().unwrap().to_string();
-    (
-        v["result"]["protocolVersion"].as_str().unwrap().to_string(),
-        session,
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,8 @@
 use once_cell::sync::Lazy;
 use prometheus::{
     register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
-    register_int_gauge_with_registry, HistogramVec, IntCounterVec, IntGauge, Registry,
+    register_int_gauge_vec_with_registry, register_int_gauge_with_registry, HistogramVec,
+    IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
 
 pub struct FilterMetrics {
@@ -27,6 +28,12 @@ pub struct FilterMetrics {
     pub mcp_tool_cache: IntCounterVec,
     /// `mcp_sse_streams`: open server streams (GET) of MCP sessions.
     pub mcp_streams: IntGauge,
+    /// `mcp_active_sessions`: MCP sessions that made a request to this process recently.
+    pub mcp_active_sessions: IntGauge,
+    /// `mcp_upstream_up{upstream}`: 1 while a federated upstream MCP server answers.
+    pub mcp_upstream_up: IntGaugeVec,
+    /// `mcp_upstream_requests_total{upstream,method,status}`: messages relayed to upstreams.
+    pub mcp_upstream_requests: IntCounterVec,
 }
 
 pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
@@ -71,6 +78,24 @@ pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
             registry
         )
         .expect("metric"),
+        mcp_active_sessions: register_int_gauge_with_registry!(
+            "mcp_active_sessions",
+            "MCP sessions that made a request to this process in the last 5 minutes",
+            registry
+        )
+        .expect("metric"),
+        mcp_upstream_up: register_int_gauge_vec_with_registry!(
+            "mcp_upstream_up",
+            "Whether a federated upstream MCP server answered its last catalog refresh (1) or not (0)",
+            &["upstream"],
+            registry
+        )
+        .expect("metric"),
+        mcp_upstream_requests: counter(
+            "mcp_upstream_requests_total",
+            "Requests relayed to federated upstream MCP servers, by upstream, method and status",
+            &["upstream", "method", "status"],
+        ),
         mcp_tool_cache: counter(
             "mcp_tool_cache_total",
             "Result-cache lookups of idempotent MCP tools, by tool and result (hit, miss)",

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod auth;
+pub mod mcp;
 pub mod redis;
 
 use std::collections::BTreeMap;

@@ -7,12 +7,15 @@
 //! bad input gets the JSON-RPC error object with the right id. Per tool: policy, rate limits,
 //! a result cache, cancellation.
 
+pub mod federation;
 pub mod jsonrpc;
 pub mod session;
 pub mod streams;
 pub mod tool_resources;
 pub mod tools;
+pub mod upstream;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -33,11 +36,13 @@ use crate::metrics::FILTER_METRICS;
 use crate::opa::{self, Opa, OpaConfig};
 use crate::rate_limit::{RateLimit, RateLimitConfig};
 use crate::units::{ByteSize, HumanDuration};
+use federation::{ClientRef, Federation, UpstreamConfig};
 use jsonrpc::{
     Incoming, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
 };
 use session::{SessionError, SessionSealer};
 use tools::{ToolConfig, ToolRegistry};
+use upstream::MessageSink;
 
 /// Protocol versions negotiated by `initialize`, oldest first.
 pub const PROTOCOL_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
@@ -105,6 +110,9 @@ pub struct McpConfig {
     /// the caller may not call is left out of `tools/list` and refused on `tools/call`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<OpaConfig>,
+    /// Upstream MCP servers federated into this one (see `federation`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamConfig>,
 }
 
 fn default_path() -> String {
@@ -152,7 +160,10 @@ static PROCESS_SECRET: Lazy<Vec<u8>> = Lazy::new(|| {
     key
 });
 
-pub struct Mcp {
+/// The `mcp` filter (its state is shared with the tasks that answer on SSE streams).
+pub struct Mcp(Arc<McpCore>);
+
+struct McpCore {
     path: String,
     server_name: String,
     allowed_origins: Vec<String>,
@@ -169,10 +180,13 @@ pub struct Mcp {
     legacy: Option<(String, String)>,
     tool_limits: Option<RateLimit>,
     in_flight: InFlight,
+    federation: Option<Arc<Federation>>,
 }
 
 /// A refusal by the per-tool policy (a server-defined JSON-RPC error code).
 pub const FORBIDDEN: i64 = -32003;
+/// `resources/read` of a URI no upstream serves (the MCP spec's code).
+pub const RESOURCE_NOT_FOUND: i64 = -32002;
 /// The answer to a request the client cancelled (`notifications/cancelled`; LSP's code).
 pub const REQUEST_CANCELLED: i64 = -32800;
 /// A call refused by `tool_rate_limit` (a server-defined JSON-RPC error code).
@@ -189,11 +203,56 @@ struct Caller {
     rate_key: String,
     /// The HTTP request's id, for logs.
     request_id: String,
+    /// The client's `initialize` capabilities (offered to federated upstreams).
+    capabilities: Value,
+    /// Where messages unrelated to a request reach this client (its transport's stream path).
+    stream_path: String,
 }
 
-/// Calls in flight, by session and JSON-RPC id, so `notifications/cancelled` can abort them.
-type InFlight =
-    std::sync::Mutex<std::collections::HashMap<(String, String), tokio::task::AbortHandle>>;
+impl Caller {
+    fn client(&self) -> ClientRef {
+        ClientRef {
+            session_id: self.session_id.clone(),
+            version: self.version.clone(),
+            capabilities: self.capabilities.clone(),
+            stream_path: self.stream_path.clone(),
+        }
+    }
+}
+
+/// Calls in flight, by session and JSON-RPC id, so `notifications/cancelled` can abort them
+/// (and tell the federated upstream serving one, by its index).
+type InFlight = std::sync::Mutex<
+    std::collections::HashMap<(String, String), (tokio::task::AbortHandle, Option<usize>)>,
+>;
+
+/// Client capabilities of sessions that could not seal them (the legacy transport's session
+/// exists before its `initialize`); that transport's sessions live in one process anyway.
+static UNSEALED_CAPABILITIES: Lazy<moka::sync::Cache<String, Value>> = Lazy::new(|| {
+    moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_idle(Duration::from_secs(24 * 3600))
+        .build()
+});
+
+/// Sessions seen recently by this process, for the `mcp_active_sessions` gauge.
+static ACTIVE_SESSIONS: Lazy<moka::sync::Cache<String, ()>> = Lazy::new(|| {
+    let cache = moka::sync::Cache::builder()
+        .max_capacity(10_000_000)
+        .time_to_idle(Duration::from_secs(300))
+        .build();
+    let counted = cache.clone();
+    crate::background::handle().spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            counted.run_pending_tasks();
+            FILTER_METRICS
+                .mcp_active_sessions
+                .set(counted.entry_count() as i64);
+        }
+    });
+    cache
+});
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -300,6 +359,12 @@ fn method_label(method: &str) -> &'static str {
 
 impl Mcp {
     pub fn build(cfg: &McpConfig) -> std::result::Result<Self, String> {
+        McpCore::build(cfg).map(|core| Mcp(Arc::new(core)))
+    }
+}
+
+impl McpCore {
+    fn build(cfg: &McpConfig) -> std::result::Result<Self, String> {
         if !cfg.path.starts_with('/') {
             return Err("path: must start with `/`".into());
         }
@@ -355,7 +420,21 @@ impl Mcp {
         let client = reqwest::Client::builder()
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Mcp {
+        let federation = if cfg.upstreams.is_empty() {
+            None
+        } else {
+            let mut stream_paths = vec![cfg.path.clone()];
+            if cfg.legacy_sse {
+                stream_paths.push(cfg.sse_path.clone());
+            }
+            Some(Federation::build(
+                &cfg.upstreams,
+                stream_paths,
+                cfg.session_ttl.0,
+            )?)
+        };
+        Ok(McpCore {
+            federation,
             path: cfg.path.clone(),
             server_name: cfg.server_name.clone(),
             allowed_origins: cfg.allowed_origins.clone(),
@@ -410,7 +489,7 @@ impl Mcp {
             .map_err(|e| http_error(400, PARSE_ERROR, &format!("parse error: {e}"))))
     }
 
-    async fn post(&self, session: &mut Session, ctx: &RequestCtx) -> Result<Reply> {
+    async fn post(self: &Arc<Self>, session: &mut Session, ctx: &RequestCtx) -> Result<Answer> {
         let req = session.req_header();
         let header = |name: &str| {
             req.headers
@@ -418,55 +497,56 @@ impl Mcp {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        if let Some(accept) = header("accept") {
-            let a = accept.to_ascii_lowercase();
+        let accept = header("accept").map(|a| a.to_ascii_lowercase());
+        if let Some(a) = &accept {
             if !(a.contains("application/json") || a.contains("*/*") || a.contains("application/*"))
             {
-                return Ok(http_error(
+                return Ok(Answer::Reply(http_error(
                     406,
                     INVALID_REQUEST,
                     "Accept must include application/json",
-                ));
+                )));
             }
         }
+        let accepts_stream = accept.is_some_and(|a| a.contains("text/event-stream"));
         if let Some(ct) = header("content-type") {
             if !ct.to_ascii_lowercase().starts_with("application/json") {
-                return Ok(http_error(
+                return Ok(Answer::Reply(http_error(
                     415,
                     INVALID_REQUEST,
                     "Content-Type must be application/json",
-                ));
+                )));
             }
         }
         let session_id = header(SESSION_HEADER);
         let version_header = header(VERSION_HEADER);
         let message = match self.read_message(session).await? {
             Ok(m) => m,
-            Err(refusal) => return Ok(refusal),
+            Err(refusal) => return Ok(Answer::Reply(refusal)),
         };
         if let Some(v) = &version_header {
             if !PROTOCOL_VERSIONS.contains(&v.as_str()) {
-                return Ok(http_error(
+                return Ok(Answer::Reply(http_error(
                     400,
                     INVALID_REQUEST,
                     &format!(
                         "unsupported MCP-Protocol-Version `{v}` (supported: {})",
                         PROTOCOL_VERSIONS.join(", ")
                     ),
-                ));
+                )));
             }
         }
         // `initialize` opens a session; everything else needs one.
         let is_initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
         if is_initialize {
-            return Ok(self.handle_initialize(&message));
+            return Ok(Answer::Reply(self.handle_initialize(&message, None)));
         }
         let Some(id) = session_id else {
-            return Ok(http_error(
+            return Ok(Answer::Reply(http_error(
                 400,
                 INVALID_REQUEST,
                 "missing Mcp-Session-Id header (initialize first)",
-            ));
+            )));
         };
         let state = match self.sealer.open(&id) {
             Ok(s) => s,
@@ -476,65 +556,119 @@ impl Mcp {
                     SessionError::Expired => "session expired",
                     SessionError::Terminated => "session terminated",
                 };
-                return Ok(http_error(
+                return Ok(Answer::Reply(http_error(
                     404,
                     INVALID_REQUEST,
                     &format!("{why}: initialize a new one"),
-                ));
+                )));
             }
         };
         if let Some(v) = &version_header {
             if *v != state.protocol_version {
-                return Ok(http_error(
+                return Ok(Answer::Reply(http_error(
                     400,
                     INVALID_REQUEST,
                     &format!(
                         "MCP-Protocol-Version `{v}` is not this session's `{}`",
                         state.protocol_version
                     ),
-                ));
+                )));
             }
         }
-        let caller = self.caller(ctx, session.req_header(), id, state.protocol_version);
+        let caller = self.caller(
+            ctx,
+            session.req_header(),
+            id,
+            state.protocol_version,
+            state.client_capabilities,
+            &self.path,
+        );
         let version = caller.version.as_str();
         match message {
             Value::Array(batch) => {
                 if version != "2025-03-26" {
-                    return Ok(Reply::json(
+                    return Ok(Answer::Reply(Reply::json(
                         400,
                         jsonrpc::error(
                             Value::Null,
                             INVALID_REQUEST,
                             &format!("JSON-RPC batches are not part of protocol version {version}"),
                         ),
-                    ));
+                    )));
                 }
                 if batch.is_empty() {
-                    return Ok(Reply::json(
+                    return Ok(Answer::Reply(Reply::json(
                         400,
                         jsonrpc::error(Value::Null, INVALID_REQUEST, "empty batch"),
-                    ));
+                    )));
                 }
+                let related = self.stream_sink(&caller);
                 let mut replies = Vec::new();
                 for m in &batch {
-                    if let Some(r) = self.handle_message(m, &caller).await {
+                    if let Some(r) = self.handle_message(m, &caller, &related).await {
                         replies.push(r);
                     }
                 }
-                Ok(if replies.is_empty() {
+                Ok(Answer::Reply(if replies.is_empty() {
                     Reply::accepted()
                 } else {
                     Reply::json(200, Value::Array(replies))
-                })
+                }))
             }
-            single => Ok(match self.handle_message(&single, &caller).await {
-                Some(reply) => Reply::json(200, reply),
-                None => Reply::accepted(),
-            }),
+            // A request relayed to an upstream may bring messages before its answer (progress,
+            // logging, sampling…): answer it as an SSE stream that carries them, then it.
+            single if accepts_stream && self.relays(&single) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                let events = tx.clone();
+                let related: MessageSink = Arc::new(move |m: Value| {
+                    let _ = events.try_send(sse_data(&m));
+                });
+                let core = self.clone();
+                tokio::spawn(async move {
+                    if let Some(reply) = core.handle_message(&single, &caller, &related).await {
+                        let _ = tx.send(sse_data(&reply)).await;
+                    }
+                });
+                Ok(Answer::Stream(rx))
+            }
+            single => {
+                let related = self.stream_sink(&caller);
+                Ok(Answer::Reply(
+                    match self.handle_message(&single, &caller, &related).await {
+                        Some(reply) => Reply::json(200, reply),
+                        None => Reply::accepted(),
+                    },
+                ))
+            }
         }
     }
 
-    fn handle_initialize(&self, message: &Value) -> Reply {
+    /// The sink of related messages when the answer is not a stream: the client's server stream.
+    fn stream_sink(&self, caller: &Caller) -> MessageSink {
+        let (path, session) = (caller.stream_path.clone(), caller.session_id.clone());
+        Arc::new(move |m: Value| streams::HUB.publish(&path, &session, &m))
+    }
+
+    /// Whether a message is a request relayed to a federated upstream.
+    fn relays(&self, message: &Value) -> bool {
+        let Some(fed) = &self.federation else {
+            return false;
+        };
+        let params = &message["params"];
+        match message.get("method").and_then(Value::as_str) {
+            Some("tools/call") => params["name"].as_str().is_some_and(|n| {
+                self.registry.get(n).is_none() && fed.owner_of_name("tools", n).is_some()
+            }),
+            Some("prompts/get" | "resources/read" | "completion/complete") => {
+                message.get("id").is_some()
+            }
+            _ => false,
+        }
+    }
+
+    /// `initialize`: negotiate the version and open the session (`legacy`: the legacy
+    /// transport's session, which exists already).
+    fn handle_initialize(&self, message: &Value, legacy: Option<&str>) -> Reply {
         let (id, params) = match jsonrpc::classify(message) {
             Ok(Incoming::Request { id, params, .. }) => (id, params),
             Ok(_) => {
@@ -561,23 +695,42 @@ impl Mcp {
             );
         };
         let version = negotiate(requested);
+        let mut capabilities = json!({"tools": {"listChanged": self.get_stream}});
+        // Federated upstreams are offered the client's capabilities (sampling, roots…).
+        let mut client_capabilities = None;
+        if let Some(fed) = &self.federation {
+            if let (Some(ours), Value::Object(more)) =
+                (capabilities.as_object_mut(), fed.capabilities())
+            {
+                ours.extend(more);
+            }
+            client_capabilities = Some(params.get("capabilities").cloned().unwrap_or(json!({})));
+        }
         let result = json!({
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": self.get_stream}},
+            "capabilities": capabilities,
             "serverInfo": {"name": self.server_name, "version": env!("CARGO_PKG_VERSION")},
         });
         self.count("initialize", "", "ok");
         let mut reply = Reply::json(200, jsonrpc::result(id, result));
-        reply
-            .headers
-            .push((SESSION_HEADER.into(), self.sealer.seal(version)));
+        match legacy {
+            Some(session) => {
+                if let Some(caps) = client_capabilities {
+                    UNSEALED_CAPABILITIES.insert(session.to_string(), caps);
+                }
+            }
+            None => reply.headers.push((
+                SESSION_HEADER.into(),
+                self.sealer.seal(version, client_capabilities.as_ref()),
+            )),
+        }
         reply
     }
 
     /// Legacy transport, `GET sse_path`: a new session and its stream, whose first event is
     /// the `endpoint` to POST messages to.
     fn legacy_open(&self, sse_path: &str, messages_path: &str) -> FilterAction {
-        let id = self.sealer.seal(LEGACY_VERSION);
+        let id = self.sealer.seal(LEGACY_VERSION, None);
         let first = Bytes::from(format!(
             "event: endpoint\ndata: {messages_path}?session_id={id}\n\n"
         ));
@@ -587,7 +740,7 @@ impl Mcp {
     /// Legacy transport, `POST messages_path?session_id=…`: the message is handled here and
     /// its answer sent as an event on the session's stream; the POST itself gets 202.
     async fn legacy_post(
-        &self,
+        self: &Arc<Self>,
         session: &mut Session,
         ctx: &RequestCtx,
         sse_path: &str,
@@ -602,7 +755,15 @@ impl Mcp {
         if self.sealer.open(&id).is_err() {
             return Ok(http_error(404, INVALID_REQUEST, "unknown session"));
         }
-        let caller = self.caller(ctx, req, id, LEGACY_VERSION.to_string());
+        let capabilities = UNSEALED_CAPABILITIES.get(&id).unwrap_or(Value::Null);
+        let caller = self.caller(
+            ctx,
+            req,
+            id,
+            LEGACY_VERSION.to_string(),
+            capabilities,
+            sse_path,
+        );
         let mut message = match self.read_message(session).await? {
             Ok(m) => m,
             Err(refusal) => return Ok(refusal),
@@ -612,7 +773,8 @@ impl Mcp {
             if let Some(p) = message.get_mut("params").and_then(Value::as_object_mut) {
                 p.insert("protocolVersion".into(), json!(LEGACY_VERSION));
             }
-            self.handle_initialize(&message).body
+            self.handle_initialize(&message, Some(&caller.session_id))
+                .body
         } else if message.is_array() {
             Some(jsonrpc::error(
                 Value::Null,
@@ -620,14 +782,21 @@ impl Mcp {
                 "JSON-RPC batches are not part of protocol version 2024-11-05",
             ))
         } else {
-            self.handle_message(&message, &caller).await
+            // Answered on the stream, so the POST is accepted at once: the client's next POSTs
+            // (its answer to a sampling request the call needs, say) are not held up behind it.
+            let core = self.clone();
+            tokio::spawn(async move {
+                let related = core.stream_sink(&caller);
+                if let Some(reply) = core.handle_message(&message, &caller, &related).await {
+                    related(reply);
+                }
+            });
+            return Ok(Reply::accepted());
         };
         if let Some(reply) = reply {
             streams::HUB.publish(sse_path, &caller.session_id, &reply);
         }
-        let mut r = Reply::accepted();
-        r.body = None;
-        Ok(r)
+        Ok(Reply::accepted())
     }
 
     /// Who is calling, for one request of a session.
@@ -637,7 +806,10 @@ impl Mcp {
         req: &pingora_http::RequestHeader,
         session_id: String,
         version: String,
+        capabilities: Value,
+        stream_path: &str,
     ) -> Caller {
+        ACTIVE_SESSIONS.insert(session_id.clone(), ());
         let base = self.policy.is_some().then(|| opa::input_document(req, ctx));
         let tenant = ctx
             .identity
@@ -656,6 +828,8 @@ impl Mcp {
             tenant,
             rate_key,
             request_id: ctx.request_id.clone(),
+            capabilities,
+            stream_path: stream_path.to_string(),
         }
     }
 
@@ -667,24 +841,79 @@ impl Mcp {
     }
 
     /// Handle one message of an open session: the JSON-RPC reply, or `None` (notification,
-    /// response).
-    async fn handle_message(&self, message: &Value, caller: &Caller) -> Option<Value> {
+    /// response). Messages an upstream sends about a relayed request go to `related`.
+    async fn handle_message(
+        &self,
+        message: &Value,
+        caller: &Caller,
+        related: &MessageSink,
+    ) -> Option<Value> {
         let (id, method, params) = match jsonrpc::classify(message) {
             Ok(Incoming::Request { id, method, params }) => (id, method, params),
             Ok(Incoming::Notification { method, params }) => {
-                if method == "notifications/cancelled" {
-                    self.cancel(&caller.session_id, params.get("requestId"));
+                match method.as_str() {
+                    "notifications/cancelled" => {
+                        self.cancel(caller, params.get("requestId"), message)
+                    }
+                    "notifications/roots/list_changed" => {
+                        if let Some(fed) = &self.federation {
+                            let notify = fed.clone().notify(caller.client(), None, message.clone());
+                            crate::background::handle().spawn(notify);
+                        }
+                    }
+                    _ => {}
                 }
                 return None;
             }
-            Ok(Incoming::Response) => return None,
+            Ok(Incoming::Response) => {
+                // The client's answer to a request an upstream sent it (sampling, elicitation…).
+                if let Some(fed) = &self.federation {
+                    if federation::is_relayed_response(message) {
+                        fed.clone()
+                            .route_response(caller.client(), message.clone())
+                            .await;
+                    }
+                }
+                return None;
+            }
             Err(e) => return Some(e.0),
         };
+        let federated = self.federation.is_some();
         let outcome = match method.as_str() {
             "ping" => Ok(json!({})),
             "initialize" => Err((INVALID_REQUEST, "initialize cannot be batched".to_string())),
             "tools/list" => self.list_tools(&params, caller).await,
-            "tools/call" => return Some(self.call_tool(id, &params, caller).await),
+            "tools/call" => {
+                return Some(self.call_tool(id, message, &params, caller, related).await)
+            }
+            "prompts/list" | "resources/list" | "resources/templates/list" if federated => {
+                let key = match method.as_str() {
+                    "prompts/list" => "prompts",
+                    "resources/list" => "resources",
+                    _ => "resourceTemplates",
+                };
+                let items = self.federation().list(key);
+                self.paginate(items, &params, key)
+            }
+            "prompts/get"
+            | "resources/read"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+            | "completion/complete"
+                if federated =>
+            {
+                return Some(
+                    self.relay_request(message, &method, &params, id, caller, related)
+                        .await,
+                );
+            }
+            "logging/setLevel" if federated => {
+                self.federation()
+                    .clone()
+                    .set_level(caller.client(), message.clone())
+                    .await;
+                Ok(json!({}))
+            }
             _ => Err((METHOD_NOT_FOUND, format!("method not found: {method}"))),
         };
         Some(match outcome {
@@ -697,6 +926,122 @@ impl Mcp {
                 jsonrpc::error(id, code, &message)
             }
         })
+    }
+
+    fn federation(&self) -> &Arc<Federation> {
+        self.federation
+            .as_ref()
+            .expect("only called when federating")
+    }
+
+    /// A prompt, resource or completion request: to the upstream that owns the name, URI or
+    /// reference, as that upstream names it.
+    async fn relay_request(
+        &self,
+        message: &Value,
+        method: &str,
+        params: &Value,
+        id: Value,
+        caller: &Caller,
+        related: &MessageSink,
+    ) -> Value {
+        let fed = self.federation();
+        let mut forwarded = message.clone();
+        let owner = match method {
+            "prompts/get" => params["name"]
+                .as_str()
+                .and_then(|n| fed.owner_of_name("prompts", n))
+                .map(|(i, original, _)| {
+                    forwarded["params"]["name"] = json!(original);
+                    i
+                }),
+            "completion/complete" => fed.owner_of_ref(&params["ref"]).map(|(i, r)| {
+                forwarded["params"]["ref"] = r;
+                i
+            }),
+            _ => params["uri"].as_str().and_then(|u| fed.owner_of_uri(u)),
+        };
+        let Some(index) = owner else {
+            self.count(method, "", "error");
+            let (code, what) = match method {
+                "prompts/get" => (INVALID_PARAMS, "prompt"),
+                "completion/complete" => (INVALID_PARAMS, "reference"),
+                _ => (RESOURCE_NOT_FOUND, "resource"),
+            };
+            return jsonrpc::error(id, code, &format!("unknown {what}"));
+        };
+        let arguments = params.get("arguments").and_then(Value::as_object);
+        if let Err(reason) = self.authorize(caller, method, None, arguments).await {
+            self.count(method, "", "denied");
+            return jsonrpc::error(id, FORBIDDEN, &format!("forbidden: {reason}"));
+        }
+        let answer = self.relay(index, caller, forwarded, related).await;
+        let status = if answer.get("error").is_some() {
+            "error"
+        } else {
+            "ok"
+        };
+        self.count(method, "", status);
+        answer
+    }
+
+    /// Relay a request to upstream `index` and wait for its answer; the client can cancel it.
+    async fn relay(
+        &self,
+        index: usize,
+        caller: &Caller,
+        message: Value,
+        related: &MessageSink,
+    ) -> Value {
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        let forwarding =
+            self.federation()
+                .clone()
+                .forward(index, caller.client(), message, related.clone());
+        let task = crate::background::handle().spawn(forwarding);
+        let key = (caller.session_id.clone(), id.to_string());
+        self.in_flight
+            .lock()
+            .unwrap()
+            .insert(key.clone(), (task.abort_handle(), Some(index)));
+        let outcome = task.await;
+        self.in_flight.lock().unwrap().remove(&key);
+        match outcome {
+            Ok(answer) => answer,
+            Err(e) if e.is_cancelled() => {
+                jsonrpc::error(id, REQUEST_CANCELLED, "request cancelled by the client")
+            }
+            Err(e) => jsonrpc::error(id, INTERNAL_ERROR, &format!("the relay failed: {e}")),
+        }
+    }
+
+    /// One page of a list, with the cursor of the next.
+    fn paginate(
+        &self,
+        items: Vec<Value>,
+        params: &Value,
+        key: &str,
+    ) -> std::result::Result<Value, (i64, String)> {
+        let start = match params.get("cursor") {
+            None | Some(Value::Null) => 0,
+            Some(Value::String(c)) => B64
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| {
+                    s.strip_prefix("offset:")
+                        .and_then(|n| n.parse::<usize>().ok())
+                })
+                .filter(|n| *n <= items.len())
+                .ok_or((INVALID_PARAMS, "invalid cursor".to_string()))?,
+            Some(_) => return Err((INVALID_PARAMS, "cursor must be a string".into())),
+        };
+        let end = (start + self.page_size).min(items.len());
+        let mut result = json!({ key: items[start..end] });
+        if end < items.len() {
+            result["nextCursor"] = json!(B64.encode(format!("offset:{end}")));
+        }
+        Ok(result)
     }
 
     /// Whether the policy lets this request call `tool` (always, without a policy).
@@ -723,60 +1068,77 @@ impl Mcp {
         params: &Value,
         caller: &Caller,
     ) -> std::result::Result<Value, (i64, String)> {
-        let mut visible = Vec::with_capacity(self.registry.tools.len());
-        for tool in &self.registry.tools {
+        let upstream = self
+            .federation
+            .as_ref()
+            .map(|f| f.list("tools"))
+            .unwrap_or_default()
+            .into_iter()
+            // A tool of the registry shadows an upstream's of the same name.
+            .filter(|t| {
+                t["name"]
+                    .as_str()
+                    .is_none_or(|n| self.registry.get(n).is_none())
+            })
+            .collect::<Vec<_>>();
+        let all = self
+            .registry
+            .tools
+            .iter()
+            .map(|t| &t.descriptor)
+            .chain(upstream.iter());
+        let mut visible = Vec::with_capacity(self.registry.tools.len() + upstream.len());
+        for tool in all {
+            let name = tool["name"].as_str();
             if self
-                .authorize(caller, "tools/call", Some(&tool.name), None)
+                .authorize(caller, "tools/call", name, None)
                 .await
                 .is_ok()
             {
-                visible.push(tool);
+                visible.push(tool.clone());
             }
         }
-        let start = match params.get("cursor") {
-            None | Some(Value::Null) => 0,
-            Some(Value::String(c)) => B64
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| {
-                    s.strip_prefix("offset:")
-                        .and_then(|n| n.parse::<usize>().ok())
-                })
-                .filter(|n| *n <= visible.len())
-                .ok_or((INVALID_PARAMS, "invalid cursor".to_string()))?,
-            Some(_) => return Err((INVALID_PARAMS, "cursor must be a string".into())),
-        };
-        let end = (start + self.page_size).min(visible.len());
-        let tools: Vec<Value> = visible[start..end]
-            .iter()
-            .map(|t| t.descriptor.clone())
-            .collect();
-        let mut result = json!({ "tools": tools });
-        if end < visible.len() {
-            result["nextCursor"] = json!(B64.encode(format!("offset:{end}")));
-        }
-        Ok(result)
+        self.paginate(visible, params, "tools")
     }
 
-    /// Abort the call in flight for `request_id` in this session (and its backend request).
-    fn cancel(&self, session_id: &str, request_id: Option<&Value>) {
+    /// Abort the call in flight for `request_id` in this session (and its backend request),
+    /// and pass the cancellation on to the upstream serving it.
+    fn cancel(&self, caller: &Caller, request_id: Option<&Value>, notification: &Value) {
         let Some(rid) = request_id else { return };
-        let key = (session_id.to_string(), rid.to_string());
-        if let Some(handle) = self.in_flight.lock().unwrap().remove(&key) {
-            handle.abort();
+        let key = (caller.session_id.clone(), rid.to_string());
+        let Some((handle, upstream)) = self.in_flight.lock().unwrap().remove(&key) else {
+            return;
+        };
+        handle.abort();
+        if let (Some(index), Some(fed)) = (upstream, &self.federation) {
+            let notify = fed
+                .clone()
+                .notify(caller.client(), Some(index), notification.clone());
+            crate::background::handle().spawn(notify);
         }
     }
 
-    async fn call_tool(&self, id: Value, params: &Value, caller: &Caller) -> Value {
+    async fn call_tool(
+        &self,
+        id: Value,
+        message: &Value,
+        params: &Value,
+        caller: &Caller,
+        related: &MessageSink,
+    ) -> Value {
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             self.count("tools/call", "", "error");
             return jsonrpc::error(id, INVALID_PARAMS, "params.name (a string) is required");
         };
-        let Some(tool) = self.registry.get(name).cloned() else {
+        let local = self.registry.get(name).cloned();
+        let remote = match (&local, &self.federation) {
+            (None, Some(fed)) => fed.owner_of_name("tools", name),
+            _ => None,
+        };
+        if local.is_none() && remote.is_none() {
             self.count("tools/call", "unknown", "error");
             return jsonrpc::error(id, INVALID_PARAMS, &format!("unknown tool: {name}"));
-        };
+        }
         let arguments = match params.get("arguments") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(a)) => a.clone(),
@@ -802,17 +1164,26 @@ impl Mcp {
                 );
             }
         }
-        let violations = tool.violations(&Value::Object(arguments.clone()));
-        if !violations.is_empty() {
-            // A tool execution error (not a protocol error), so the model can correct itself.
-            self.count("tools/call", name, "invalid_arguments");
-            let text = format!("invalid arguments for `{name}`: {}", violations.join("; "));
-            return jsonrpc::result(
-                id,
-                json!({"content": [{"type": "text", "text": text}], "isError": true}),
-            );
+        if let Some(tool) = &local {
+            let violations = tool.violations(&Value::Object(arguments.clone()));
+            if !violations.is_empty() {
+                // A tool execution error (not a protocol error), so the model can correct itself.
+                self.count("tools/call", name, "invalid_arguments");
+                let text = format!("invalid arguments for `{name}`: {}", violations.join("; "));
+                return jsonrpc::result(
+                    id,
+                    json!({"content": [{"type": "text", "text": text}], "isError": true}),
+                );
+            }
         }
-        let cache_key = self.results.as_ref().filter(|_| tool.idempotent).map(|_| {
+        let idempotent = match (&local, &remote) {
+            (Some(tool), _) => tool.idempotent,
+            (None, Some((_, _, descriptor))) => {
+                descriptor["annotations"]["idempotentHint"] == json!(true)
+            }
+            _ => false,
+        };
+        let cache_key = self.results.as_ref().filter(|_| idempotent).map(|_| {
             format!(
                 "{name}\u{0}{}\u{0}{}",
                 caller.tenant,
@@ -831,6 +1202,61 @@ impl Mcp {
             }
         }
         let started = Instant::now();
+        let result = match (local, remote) {
+            (Some(tool), _) => match self.call_local(&tool, arguments, &id, caller).await {
+                Ok(result) => result,
+                Err(error) => return error,
+            },
+            (None, Some((index, original, _))) => {
+                // The upstream's answer goes back as it is (with fields we do not know).
+                let mut forwarded = message.clone();
+                forwarded["params"]["name"] = json!(original);
+                let answer = self.relay(index, caller, forwarded, related).await;
+                FILTER_METRICS
+                    .mcp_tool_duration
+                    .with_label_values(&[name])
+                    .observe(started.elapsed().as_secs_f64());
+                let is_error = answer["result"]["isError"] == json!(true);
+                let status = match answer.get("result") {
+                    None => "error",
+                    Some(_) if is_error => "tool_error",
+                    Some(_) => "ok",
+                };
+                self.count("tools/call", name, status);
+                if let (Some(cache), Some(key), Some(result), false) =
+                    (&self.results, cache_key, answer.get("result"), is_error)
+                {
+                    cache.insert(key, result.clone());
+                }
+                return answer;
+            }
+            (None, None) => unreachable!("checked above"),
+        };
+        FILTER_METRICS
+            .mcp_tool_duration
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        let is_error = result["isError"] == json!(true);
+        self.count(
+            "tools/call",
+            name,
+            if is_error { "tool_error" } else { "ok" },
+        );
+        if let (Some(cache), Some(key), false) = (&self.results, cache_key, is_error) {
+            cache.insert(key, result.clone());
+        }
+        jsonrpc::result(id, for_version(result, &caller.version))
+    }
+
+    /// Call a tool of the registry (its HTTP backend); the result, or the JSON-RPC error.
+    async fn call_local(
+        &self,
+        tool: &Arc<tools::Tool>,
+        arguments: Map<String, Value>,
+        id: &Value,
+        caller: &Caller,
+    ) -> std::result::Result<Value, Value> {
+        let name = tool.name.as_str();
         let client = self.client.clone();
         let call_tool = tool.clone();
         let task = crate::background::handle()
@@ -839,29 +1265,28 @@ impl Mcp {
         self.in_flight
             .lock()
             .unwrap()
-            .insert(flight_key.clone(), task.abort_handle());
+            .insert(flight_key.clone(), (task.abort_handle(), None));
         let outcome = task.await;
         self.in_flight.lock().unwrap().remove(&flight_key);
-        FILTER_METRICS
-            .mcp_tool_duration
-            .with_label_values(&[name])
-            .observe(started.elapsed().as_secs_f64());
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) if e.is_cancelled() => {
                 self.count("tools/call", name, "cancelled");
-                return jsonrpc::error(id, REQUEST_CANCELLED, "request cancelled by the client");
+                return Err(jsonrpc::error(
+                    id.clone(),
+                    REQUEST_CANCELLED,
+                    "request cancelled by the client",
+                ));
             }
             Err(e) => {
                 self.count("tools/call", name, "error");
-                return jsonrpc::error(id, INTERNAL_ERROR, &format!("the tool call failed: {e}"));
+                return Err(jsonrpc::error(
+                    id.clone(),
+                    INTERNAL_ERROR,
+                    &format!("the tool call failed: {e}"),
+                ));
             }
         };
-        self.count(
-            "tools/call",
-            name,
-            if outcome.is_error { "tool_error" } else { "ok" },
-        );
         let mut result = json!({
             "content": [{"type": "text", "text": outcome.text}],
             "isError": outcome.is_error,
@@ -869,10 +1294,7 @@ impl Mcp {
         if let Some(s) = outcome.structured {
             result["structuredContent"] = s;
         }
-        if let (Some(cache), Some(key), false) = (&self.results, cache_key, outcome.is_error) {
-            cache.insert(key, result.clone());
-        }
-        jsonrpc::result(id, for_version(result, &caller.version))
+        Ok(result)
     }
 }
 
@@ -899,6 +1321,17 @@ fn sse_answer(body: tokio::sync::mpsc::Receiver<Bytes>) -> FilterAction {
     })
 }
 
+/// One message as an SSE event (of a POST's answer stream).
+fn sse_data(message: &Value) -> Bytes {
+    Bytes::from(format!("event: message\ndata: {message}\n\n"))
+}
+
+/// What a POST gets: one reply, or an SSE stream of related messages and then the reply.
+enum Answer {
+    Reply(Reply),
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
 #[async_trait]
 impl Filter for Mcp {
     fn name(&self) -> &'static str {
@@ -909,8 +1342,30 @@ impl Filter for Mcp {
         phase::REQUEST
     }
 
-    /// Now serving: if a reload changed the tools this path serves, tell every open stream.
     fn activate(&self) {
+        self.0.activate()
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        self.0.federation.as_ref().and_then(|f| f.not_ready())
+    }
+
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<FilterAction> {
+        self.0.on_request(session, ctx).await
+    }
+}
+
+impl McpCore {
+    /// Now serving: start fetching upstream catalogs; if a reload changed the tools this path
+    /// serves, tell every open stream.
+    fn activate(&self) {
+        if let Some(fed) = &self.federation {
+            fed.start();
+        }
         let tools: Vec<&Value> = self.registry.tools.iter().map(|t| &t.descriptor).collect();
         let listing = serde_json::to_string(&tools).unwrap_or_default();
         let previous = SERVED_TOOLS
@@ -926,7 +1381,7 @@ impl Filter for Mcp {
     }
 
     async fn on_request(
-        &self,
+        self: &Arc<Self>,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<FilterAction> {
@@ -975,13 +1430,22 @@ impl Filter for Mcp {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let reply = match method.as_str() {
-            "POST" => self.post(session, ctx).await?,
+            "POST" => match self.post(session, ctx).await? {
+                Answer::Reply(reply) => reply,
+                Answer::Stream(events) => return Ok(sse_answer(events)),
+            },
             "DELETE" => match session_id.as_deref() {
                 None => http_error(400, INVALID_REQUEST, "missing Mcp-Session-Id header"),
                 Some(id) => match self.sealer.open(id) {
                     Ok(_) => {
                         self.sealer.terminate(id);
                         streams::HUB.close(&self.path, id);
+                        ACTIVE_SESSIONS.invalidate(id);
+                        if let Some(fed) = self.federation.clone() {
+                            let id = id.to_string();
+                            crate::background::handle()
+                                .spawn(async move { fed.close_client(&id).await });
+                        }
                         Reply {
                             status: 204,
                             body: None,

@@ -1,5 +1,5 @@
-//! MCP sessions sealed into the `Mcp-Session-Id` itself: the negotiated protocol version and the
-//! issue time, signed with HMAC-SHA256 under a secret the replicas share. Any gateway process
+//! MCP sessions sealed into the `Mcp-Session-Id` itself: the negotiated protocol version, the
+//! issue time and (when upstreams are federated) the client's capabilities, signed with HMAC-SHA256 under a secret the replicas share. Any gateway process
 //! holding the secret accepts the session, so sessions survive a restart and need neither
 //! sticky load balancing nor a shared store. A `DELETE` is remembered (until the session would
 //! have expired anyway) by the process that received it.
@@ -20,6 +20,8 @@ pub struct SessionState {
     pub protocol_version: String,
     /// Unix seconds when the session was created.
     pub issued_at: u64,
+    /// The client's `initialize` capabilities, when sealed (`Null` otherwise).
+    pub client_capabilities: serde_json::Value,
 }
 
 /// Why a session id is refused.
@@ -69,13 +71,22 @@ impl SessionSealer {
         mac
     }
 
-    /// A new session id for `protocol_version` (visible ASCII, as the spec requires).
-    pub fn seal(&self, protocol_version: &str) -> String {
-        let payload = format!(
+    /// A new session id for `protocol_version` (visible ASCII, as the spec requires), carrying
+    /// the client's capabilities when given.
+    pub fn seal(
+        &self,
+        protocol_version: &str,
+        client_capabilities: Option<&serde_json::Value>,
+    ) -> String {
+        let mut payload = format!(
             "v1|{protocol_version}|{}|{}",
             unix_now(),
             uuid::Uuid::new_v4().simple()
         );
+        if let Some(caps) = client_capabilities {
+            payload.push('|');
+            payload.push_str(&B64.encode(caps.to_string()));
+        }
         let tag = self.mac(payload.as_bytes()).finalize().into_bytes();
         format!("{}.{}", B64.encode(payload), B64.encode(tag))
     }
@@ -90,7 +101,8 @@ impl SessionSealer {
             .map_err(|_| SessionError::Unknown)?;
         let payload = String::from_utf8(payload).map_err(|_| SessionError::Unknown)?;
         let mut parts = payload.split('|');
-        let (Some("v1"), Some(version), Some(issued), Some(_nonce), None) = (
+        let (Some("v1"), Some(version), Some(issued), Some(_nonce), caps, None) = (
+            parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
@@ -98,6 +110,14 @@ impl SessionSealer {
             parts.next(),
         ) else {
             return Err(SessionError::Unknown);
+        };
+        let client_capabilities = match caps {
+            None => serde_json::Value::Null,
+            Some(c) => B64
+                .decode(c)
+                .ok()
+                .and_then(|j| serde_json::from_slice(&j).ok())
+                .ok_or(SessionError::Unknown)?,
         };
         let issued_at: u64 = issued.parse().map_err(|_| SessionError::Unknown)?;
         if issued_at + self.ttl.as_secs() < unix_now() {
@@ -109,6 +129,7 @@ impl SessionSealer {
         Ok(SessionState {
             protocol_version: version.to_string(),
             issued_at,
+            client_capabilities,
         })
     }
 
@@ -126,7 +147,7 @@ mod tests {
     fn sealed_ids_open_on_any_sealer_with_the_same_secret() {
         let a = SessionSealer::new(b"shared", Duration::from_secs(60));
         let b = SessionSealer::new(b"shared", Duration::from_secs(60));
-        let id = a.seal("2025-06-18");
+        let id = a.seal("2025-06-18", None);
         assert!(id.bytes().all(|c| (0x21..=0x7e).contains(&c)));
         assert_eq!(b.open(&id).unwrap().protocol_version, "2025-06-18");
         let other = SessionSealer::new(b"other", Duration::from_secs(60));
@@ -139,9 +160,18 @@ mod tests {
     }
 
     #[test]
+    fn client_capabilities_travel_in_the_id() {
+        let s = SessionSealer::new(b"k", Duration::from_secs(60));
+        let caps = serde_json::json!({"sampling": {}, "roots": {"listChanged": true}});
+        let id = s.seal("2025-11-25", Some(&caps));
+        assert!(id.bytes().all(|c| (0x21..=0x7e).contains(&c)));
+        assert_eq!(s.open(&id).unwrap().client_capabilities, caps);
+    }
+
+    #[test]
     fn terminated_and_expired_sessions_are_refused() {
         let s = SessionSealer::new(b"k", Duration::from_secs(60));
-        let id = s.seal("2025-03-26");
+        let id = s.seal("2025-03-26", None);
         s.terminate(&id);
         assert_eq!(s.open(&id), Err(SessionError::Terminated));
         let short = SessionSealer::new(b"k", Duration::from_secs(0));
