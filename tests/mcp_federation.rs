@@ -394,3 +394,177 @@ async fn mcp_upstream_flag_federates_without_a_config_file() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_revision_clients_discover_and_call_without_a_session() {
+    let a = McpUpstream::start("alpha", "streamable");
+    let b = McpUpstream::start("beta", "sse");
+    let api = echo("api").await;
+    let gw = Gateway::start(&federation_config(&a, &b, &api)).await;
+    for mode in ["auto", "2026-07-28"] {
+        let args = vec![
+            "--prefix".into(),
+            "a_".into(),
+            "whoami={}".into(),
+            r#"a_slow_progress={"steps": 2}"#.into(),
+            r#"b_log_something={"message": "m"}"#.into(),
+        ];
+        let out = python(gw.url("/mcp"), mode, args).await;
+        assert_eq!(out["protocol_version"], "2026-07-28", "{out}");
+        if mode == "auto" {
+            // Only `server/discover` says who the server is.
+            assert_eq!(out["server_info"]["name"], "stoa-gateway", "{out}");
+        }
+        let tools = names(&out["tools"]);
+        assert!(tools.contains(&"whoami".to_string()) && tools.contains(&"b_add".to_string()));
+        assert!(
+            out["calls"][0]["content"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("/whoami")),
+            "{out}"
+        );
+        assert_eq!(out["calls"][1]["content"][0]["text"], "done", "{out}");
+        assert_eq!(out["calls"][2]["content"][0]["text"], "logged", "{out}");
+        // Progress under the client's own token; logs at or above the level it asked for.
+        assert_eq!(out["progress"].as_array().map(Vec::len), Some(2), "{out}");
+        assert_eq!(
+            out["logs"],
+            json!([{"level": "info", "data": "info: m"}, {"level": "warning", "data": "warning: m"}]),
+            "{out}"
+        );
+        if mode == "auto" {
+            assert_eq!(
+                out["read"]["contents"][0]["text"], "hello from alpha",
+                "{out}"
+            );
+            assert_eq!(
+                out["prompt"]["messages"][0]["content"]["text"], "Review this code: x=1",
+                "{out}"
+            );
+        }
+    }
+    // The envelope's rules, with raw JSON-RPC.
+    let url = gw.url("/mcp");
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}});
+    let raw = |method: &str, headers: Vec<(&'static str, String)>, params: Value| {
+        let body = json!({"jsonrpc": "2.0", "id": 5, "method": method, "params": params});
+        let url = url.clone();
+        async move {
+            let mut rb = client()
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json")
+                .body(body.to_string());
+            for (k, v) in headers {
+                rb = rb.header(k, v);
+            }
+            let r = rb.send().await.unwrap();
+            let status = r.status().as_u16();
+            let allow = r
+                .headers()
+                .get("allow")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, allow, json_of(&r.text().await.unwrap()))
+        }
+    };
+    let v = || ("mcp-protocol-version", "2026-07-28".to_string());
+    let m = |s: &str| ("mcp-method", s.to_string());
+    let (status, _, body) = raw(
+        "tools/list",
+        vec![v(), m("tools/list")],
+        json!({"_meta": meta}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["result"]["ttlMs"].as_i64()),
+        (200, Some(0)),
+        "{body}"
+    );
+    assert_eq!(body["result"]["resultType"], "complete");
+    let (status, _, body) = raw(
+        "tools/list",
+        vec![v(), m("tools/call")],
+        json!({"_meta": meta}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_i64()),
+        (400, Some(-32020)),
+        "{body}"
+    );
+    let call = json!({"name": "a_echo", "arguments": {"text": "x"}, "_meta": meta});
+    let (status, _, body) = raw(
+        "tools/call",
+        vec![v(), m("tools/call"), ("mcp-name", "other".into())],
+        call.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_i64()),
+        (400, Some(-32020)),
+        "{body}"
+    );
+    let (status, _, body) = raw(
+        "tools/call",
+        vec![v(), m("tools/call"), ("mcp-name", "a_echo".into())],
+        call,
+    )
+    .await;
+    assert_eq!(
+        (status, body["result"]["content"][0]["text"].as_str()),
+        (200, Some("x")),
+        "{body}"
+    );
+    assert_eq!(body["id"], 5);
+    let (status, _, body) = raw("tools/list", vec![v(), m("tools/list")], json!({})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_i64()),
+        (400, Some(-32602)),
+        "{body}"
+    );
+    let (status, _, body) = raw("ping", vec![v(), m("ping")], json!({"_meta": meta})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_i64()),
+        (404, Some(-32601)),
+        "{body}"
+    );
+    let mut future = meta.clone();
+    future["io.modelcontextprotocol/protocolVersion"] = json!("2099-01-01");
+    let (status, _, body) = raw(
+        "tools/list",
+        vec![
+            ("mcp-protocol-version", "2099-01-01".into()),
+            m("tools/list"),
+        ],
+        json!({"_meta": future}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_i64()),
+        (400, Some(-32022)),
+        "{body}"
+    );
+    assert_eq!(body["error"]["data"]["supported"], json!(["2026-07-28"]));
+    let r = client()
+        .get(gw.url("/mcp"))
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    assert_eq!(
+        gw.metric(
+            "mcp_requests_total",
+            &[
+                ("method", "server/discover"),
+                ("tool", ""),
+                ("status", "ok")
+            ]
+        )
+        .await,
+        Some(1.0)
+    );
+}

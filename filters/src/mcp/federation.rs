@@ -287,8 +287,12 @@ impl Federation {
             .then(|| format!("mcp upstreams not fetched yet: {}", waiting.join(", ")))
     }
 
-    /// The server capabilities federation adds to `initialize`.
-    pub fn capabilities(&self) -> Value {
+    /// The server capabilities federation adds (without the change notifications, logging
+    /// level and subscriptions a stateless client has no session for).
+    pub fn capabilities(&self, stateless: bool) -> Value {
+        if stateless {
+            return json!({"prompts": {}, "resources": {}, "completions": {}});
+        }
         json!({
             "prompts": {"listChanged": true},
             "resources": {"subscribe": true, "listChanged": true},

@@ -9,6 +9,7 @@
 
 pub mod federation;
 pub mod jsonrpc;
+pub mod modern;
 pub mod session;
 pub mod streams;
 pub mod tool_resources;
@@ -40,9 +41,10 @@ use federation::{ClientRef, Federation, UpstreamConfig};
 use jsonrpc::{
     Incoming, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
 };
+use modern::MODERN_VERSION;
 use session::{SessionError, SessionSealer};
 use tools::{ToolConfig, ToolRegistry};
-use upstream::MessageSink;
+use upstream::{AbortOnDrop, MessageSink};
 
 /// Protocol versions negotiated by `initialize`, oldest first.
 pub const PROTOCOL_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
@@ -207,10 +209,23 @@ struct Caller {
     capabilities: Value,
     /// Where messages unrelated to a request reach this client (its transport's stream path).
     stream_path: String,
+    /// A request of the stateless revision (no session), and the log level it asked for.
+    stateless: bool,
+    log_level: Option<String>,
 }
 
 impl Caller {
     fn client(&self) -> ClientRef {
+        if self.stateless {
+            // Stateless clients share one upstream session per upstream, which offers no
+            // client capabilities (there is no channel to ask them anything).
+            return ClientRef {
+                session_id: "\u{0}stateless".into(),
+                version: PROTOCOL_VERSIONS[PROTOCOL_VERSIONS.len() - 1].into(),
+                capabilities: json!({}),
+                stream_path: self.stream_path.clone(),
+            };
+        }
         ClientRef {
             session_id: self.session_id.clone(),
             version: self.version.clone(),
@@ -347,14 +362,30 @@ fn negotiate(requested: &str) -> &'static str {
         .unwrap_or(PROTOCOL_VERSIONS[PROTOCOL_VERSIONS.len() - 1])
 }
 
+/// Methods counted under their own name in `mcp_requests_total` (anything else is `other`).
+const COUNTED_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+    "logging/setLevel",
+    "server/discover",
+];
+
 fn method_label(method: &str) -> &'static str {
-    match method {
-        "initialize" => "initialize",
-        "ping" => "ping",
-        "tools/list" => "tools/list",
-        "tools/call" => "tools/call",
-        _ => "other",
-    }
+    COUNTED_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
 }
 
 impl Mcp {
@@ -520,22 +551,24 @@ impl McpCore {
         }
         let session_id = header(SESSION_HEADER);
         let version_header = header(VERSION_HEADER);
+        if let Some(v) = version_header
+            .as_ref()
+            .filter(|v| !PROTOCOL_VERSIONS.contains(&v.as_str()))
+        {
+            // Not a handshake revision: the stateless one (or a version nobody speaks).
+            let routing = modern::RoutingHeaders {
+                version: v.clone(),
+                method: header("mcp-method"),
+                name: header("mcp-name"),
+            };
+            return self
+                .post_stateless(session, ctx, routing, accepts_stream)
+                .await;
+        }
         let message = match self.read_message(session).await? {
             Ok(m) => m,
             Err(refusal) => return Ok(Answer::Reply(refusal)),
         };
-        if let Some(v) = &version_header {
-            if !PROTOCOL_VERSIONS.contains(&v.as_str()) {
-                return Ok(Answer::Reply(http_error(
-                    400,
-                    INVALID_REQUEST,
-                    &format!(
-                        "unsupported MCP-Protocol-Version `{v}` (supported: {})",
-                        PROTOCOL_VERSIONS.join(", ")
-                    ),
-                )));
-            }
-        }
         // `initialize` opens a session; everything else needs one.
         let is_initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
         if is_initialize {
@@ -618,18 +651,7 @@ impl McpCore {
             // A request relayed to an upstream may bring messages before its answer (progress,
             // logging, sampling…): answer it as an SSE stream that carries them, then it.
             single if accepts_stream && self.relays(&single) => {
-                let (tx, rx) = tokio::sync::mpsc::channel(1024);
-                let events = tx.clone();
-                let related: MessageSink = Arc::new(move |m: Value| {
-                    let _ = events.try_send(sse_data(&m));
-                });
-                let core = self.clone();
-                tokio::spawn(async move {
-                    if let Some(reply) = core.handle_message(&single, &caller, &related).await {
-                        let _ = tx.send(sse_data(&reply)).await;
-                    }
-                });
-                Ok(Answer::Stream(rx))
+                Ok(self.answer_as_stream(single, caller, |reply| reply))
             }
             single => {
                 let related = self.stream_sink(&caller);
@@ -641,6 +663,107 @@ impl McpCore {
                 ))
             }
         }
+    }
+
+    /// Answer one request as an SSE stream: the messages related to it, then its reply (as
+    /// `finish` makes it). A client that closes the stream cancels the request.
+    fn answer_as_stream(
+        self: &Arc<Self>,
+        message: Value,
+        caller: Caller,
+        finish: impl FnOnce(Value) -> Value + Send + 'static,
+    ) -> Answer {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let events = tx.clone();
+        let related: MessageSink = Arc::new(move |m: Value| {
+            let _ = events.try_send(sse_data(&m));
+        });
+        let core = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                reply = core.handle_message(&message, &caller, &related) => {
+                    if let Some(reply) = reply {
+                        let _ = tx.send(sse_data(&finish(reply))).await;
+                    }
+                }
+                _ = tx.closed() => {}
+            }
+        });
+        Answer::Stream(rx)
+    }
+
+    /// A POST of the stateless 2026-07-28 revision (see `modern`).
+    async fn post_stateless(
+        self: &Arc<Self>,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        routing: modern::RoutingHeaders,
+        accepts_stream: bool,
+    ) -> Result<Answer> {
+        let message = match self.read_message(session).await? {
+            Ok(m) => m,
+            Err(refusal) => return Ok(Answer::Reply(refusal)),
+        };
+        let request = match modern::check(message, &routing) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(Answer::Reply(Reply::accepted())),
+            Err((status, body)) => {
+                self.count("other", "", "error");
+                return Ok(Answer::Reply(Reply::json(status, body)));
+            }
+        };
+        let method = request.method.clone();
+        if method == "server/discover" {
+            self.count("server/discover", "", "ok");
+            let result = modern::discover(&self.server_name, self.capabilities(true));
+            return Ok(Answer::Reply(Reply::json(
+                200,
+                jsonrpc::result(request.id, result),
+            )));
+        }
+        let mut caller = self.caller(
+            ctx,
+            session.req_header(),
+            String::new(),
+            MODERN_VERSION.into(),
+            json!({}),
+            &self.path,
+        );
+        caller.stateless = true;
+        caller.log_level = request.log_level;
+        if accepts_stream && self.relays(&request.message) {
+            let finish = move |reply| modern::finish(&method, reply);
+            return Ok(self.answer_as_stream(request.message, caller, finish));
+        }
+        // Without a stream, what the upstream says meanwhile has nowhere to go.
+        let nowhere: MessageSink = Arc::new(|_| {});
+        let reply = self
+            .handle_message(&request.message, &caller, &nowhere)
+            .await
+            .unwrap_or_else(|| jsonrpc::error(request.id, INTERNAL_ERROR, "no reply"));
+        let reply = modern::finish(&method, reply);
+        let status = reply["error"]["code"]
+            .as_i64()
+            .map(modern::status_of)
+            .unwrap_or(200);
+        Ok(Answer::Reply(Reply::json(status, reply)))
+    }
+
+    /// The server's capabilities: tools, and with upstreams prompts, resources, completions
+    /// and logging; change notifications and subscriptions only where a session can hear them.
+    fn capabilities(&self, stateless: bool) -> Value {
+        let mut capabilities = json!({"tools": {}});
+        if !stateless {
+            capabilities["tools"]["listChanged"] = json!(self.get_stream);
+        }
+        if let Some(fed) = &self.federation {
+            if let (Some(ours), Value::Object(more)) =
+                (capabilities.as_object_mut(), fed.capabilities(stateless))
+            {
+                ours.extend(more);
+            }
+        }
+        capabilities
     }
 
     /// The sink of related messages when the answer is not a stream: the client's server stream.
@@ -695,17 +818,12 @@ impl McpCore {
             );
         };
         let version = negotiate(requested);
-        let mut capabilities = json!({"tools": {"listChanged": self.get_stream}});
+        let capabilities = self.capabilities(false);
         // Federated upstreams are offered the client's capabilities (sampling, roots…).
-        let mut client_capabilities = None;
-        if let Some(fed) = &self.federation {
-            if let (Some(ours), Value::Object(more)) =
-                (capabilities.as_object_mut(), fed.capabilities())
-            {
-                ours.extend(more);
-            }
-            client_capabilities = Some(params.get("capabilities").cloned().unwrap_or(json!({})));
-        }
+        let client_capabilities = self
+            .federation
+            .as_ref()
+            .map(|_| params.get("capabilities").cloned().unwrap_or(json!({})));
         let result = json!({
             "protocolVersion": version,
             "capabilities": capabilities,
@@ -809,7 +927,9 @@ impl McpCore {
         capabilities: Value,
         stream_path: &str,
     ) -> Caller {
-        ACTIVE_SESSIONS.insert(session_id.clone(), ());
+        if !session_id.is_empty() {
+            ACTIVE_SESSIONS.insert(session_id.clone(), ());
+        }
         let base = self.policy.is_some().then(|| opa::input_document(req, ctx));
         let tenant = ctx
             .identity
@@ -830,6 +950,8 @@ impl McpCore {
             request_id: ctx.request_id.clone(),
             capabilities,
             stream_path: stream_path.to_string(),
+            stateless: false,
+            log_level: None,
         }
     }
 
@@ -993,12 +1115,20 @@ impl McpCore {
         message: Value,
         related: &MessageSink,
     ) -> Value {
+        let (message, related, client_id) = if caller.stateless {
+            modern::isolate(message, related, caller.log_level.as_deref())
+        } else {
+            let id = message.get("id").cloned().unwrap_or(Value::Null);
+            (message, related.clone(), id)
+        };
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         let forwarding =
             self.federation()
                 .clone()
-                .forward(index, caller.client(), message, related.clone());
+                .forward(index, caller.client(), message, related);
         let task = crate::background::handle().spawn(forwarding);
+        // A client that goes away (its request dropped) cancels the relay.
+        let _cancel_on_drop = AbortOnDrop(task.abort_handle());
         let key = (caller.session_id.clone(), id.to_string());
         self.in_flight
             .lock()
@@ -1006,8 +1136,12 @@ impl McpCore {
             .insert(key.clone(), (task.abort_handle(), Some(index)));
         let outcome = task.await;
         self.in_flight.lock().unwrap().remove(&key);
+        let id = client_id;
         match outcome {
-            Ok(answer) => answer,
+            Ok(mut answer) => {
+                answer["id"] = id;
+                answer
+            }
             Err(e) if e.is_cancelled() => {
                 jsonrpc::error(id, REQUEST_CANCELLED, "request cancelled by the client")
             }
@@ -1261,6 +1395,7 @@ impl McpCore {
         let call_tool = tool.clone();
         let task = crate::background::handle()
             .spawn(async move { call_tool.call(&client, &arguments).await });
+        let _cancel_on_drop = AbortOnDrop(task.abort_handle());
         let flight_key = (caller.session_id.clone(), id.to_string());
         self.in_flight
             .lock()
@@ -1429,7 +1564,21 @@ impl McpCore {
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let stateless = req
+            .headers
+            .get(VERSION_HEADER)
+            .is_some_and(|v| v.as_bytes() == MODERN_VERSION.as_bytes());
         let reply = match method.as_str() {
+            // The stateless revision has no sessions to stream to or end.
+            "GET" | "DELETE" if stateless => {
+                let mut r = http_error(
+                    405,
+                    INVALID_REQUEST,
+                    "the 2026-07-28 revision takes POST only",
+                );
+                r.headers.push(("allow".into(), "POST".into()));
+                r
+            }
             "POST" => match self.post(session, ctx).await? {
                 Answer::Reply(reply) => reply,
                 Answer::Stream(events) => return Ok(sse_answer(events)),

@@ -67,8 +67,9 @@ fn failed(e: impl std::fmt::Display) -> UpstreamError {
     UpstreamError::Failed(e.to_string())
 }
 
-/// Aborts its task when dropped (the session's stream readers end with the session).
-struct AbortOnDrop(tokio::task::AbortHandle);
+/// Aborts its task when dropped (a session's stream readers end with the session; work for a
+/// client that went away stops).
+pub struct AbortOnDrop(pub tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -76,28 +77,46 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Requests of a legacy-transport session waiting for their response on the stream, each
-/// with the sink of the messages that arrive meanwhile.
+/// A request of a legacy-transport session waiting for its response on the stream.
+struct Waiting {
+    /// The request's id, as JSON text.
+    id: String,
+    /// Its progress token, as JSON text, if it asked for progress.
+    progress_token: Option<String>,
+    answer: oneshot::Sender<Value>,
+    /// Where the messages about it go.
+    related: MessageSink,
+}
+
+/// The requests of a legacy-transport session waiting for their response on the stream.
 #[derive(Default)]
 struct Pending {
-    waiting: Mutex<Vec<(String, oneshot::Sender<Value>, MessageSink)>>,
+    waiting: Mutex<Vec<Waiting>>,
 }
 
 impl Pending {
-    /// Route one message from the stream: a response to its waiting request, anything else to
-    /// the oldest waiting request's sink (it most likely belongs to that call), or to `idle`.
+    /// Route one message from the stream: a response to its waiting request, progress to the
+    /// request with its token, anything else to the oldest waiting request's sink (it most
+    /// likely belongs to that call), or to `idle`.
     fn dispatch(&self, message: Value, idle: &MessageSink) {
         let mut waiting = self.waiting.lock().unwrap();
         if is_response(&message) {
             let id = message.get("id").map(Value::to_string).unwrap_or_default();
-            if let Some(at) = waiting.iter().position(|(k, _, _)| *k == id) {
-                let (_, tx, _) = waiting.remove(at);
-                let _ = tx.send(message);
+            if let Some(at) = waiting.iter().position(|w| w.id == id) {
+                let _ = waiting.remove(at).answer.send(message);
             }
             return;
         }
-        match waiting.first() {
-            Some((_, _, sink)) => sink(message),
+        let token = message["params"].get("progressToken").map(Value::to_string);
+        let owner = token
+            .and_then(|t| {
+                waiting
+                    .iter()
+                    .find(|w| w.progress_token.as_ref() == Some(&t))
+            })
+            .or(waiting.first());
+        match owner {
+            Some(w) => (w.related)(message),
             None => {
                 drop(waiting);
                 idle(message)
@@ -364,11 +383,15 @@ impl UpstreamSession {
                 Link::Sse { pending, .. } => {
                     let (tx, rx) = oneshot::channel();
                     let key = id.to_string();
-                    pending
-                        .waiting
-                        .lock()
-                        .unwrap()
-                        .push((key.clone(), tx, related.clone()));
+                    let progress_token = message["params"]["_meta"]
+                        .get("progressToken")
+                        .map(Value::to_string);
+                    pending.waiting.lock().unwrap().push(Waiting {
+                        id: key.clone(),
+                        progress_token,
+                        answer: tx,
+                        related: related.clone(),
+                    });
                     let sent = self.post(&message).await;
                     let answer = match sent {
                         Ok(_) => rx
@@ -376,11 +399,7 @@ impl UpstreamSession {
                             .map_err(|_| failed("the upstream's SSE stream ended")),
                         Err(e) => Err(e),
                     };
-                    pending
-                        .waiting
-                        .lock()
-                        .unwrap()
-                        .retain(|(k, _, _)| *k != key);
+                    pending.waiting.lock().unwrap().retain(|w| w.id != key);
                     answer
                 }
             }
@@ -466,15 +485,31 @@ mod tests {
         let idle: MessageSink = Arc::new(move |m| seen_idle.lock().unwrap().push(("idle", m)));
         let call: MessageSink = Arc::new(move |m| seen_call.lock().unwrap().push(("call", m)));
         pending.dispatch(json!({"method": "notifications/message"}), &idle);
+        let seen_other = seen.clone();
+        let other: MessageSink = Arc::new(move |m| seen_other.lock().unwrap().push(("other", m)));
         let (tx, mut rx) = oneshot::channel();
-        pending.waiting.lock().unwrap().push(("7".into(), tx, call));
-        pending.dispatch(json!({"method": "notifications/progress"}), &idle);
+        let (other_tx, _other_rx) = oneshot::channel();
+        for (id, token, answer, related) in [
+            ("7", None, tx, call),
+            ("8", Some("\"t8\""), other_tx, other),
+        ] {
+            pending.waiting.lock().unwrap().push(Waiting {
+                id: id.into(),
+                progress_token: token.map(str::to_string),
+                answer,
+                related,
+            });
+        }
+        pending.dispatch(json!({"method": "notifications/message"}), &idle);
+        pending.dispatch(
+            json!({"method": "notifications/progress", "params": {"progressToken": "t8"}}),
+            &idle,
+        );
         pending.dispatch(json!({"jsonrpc": "2.0", "id": 7, "result": {}}), &idle);
         assert_eq!(rx.try_recv().unwrap()["id"], 7);
         let seen = seen.lock().unwrap();
-        assert_eq!(seen[0].0, "idle");
-        assert_eq!(seen[1].0, "call");
-        assert_eq!(seen.len(), 2);
-        assert!(pending.waiting.lock().unwrap().is_empty());
+        let who: Vec<&str> = seen.iter().map(|(w, _)| *w).collect();
+        assert_eq!(who, vec!["idle", "call", "other"]);
+        assert_eq!(pending.waiting.lock().unwrap().len(), 1);
     }
 }
