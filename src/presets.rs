@@ -106,7 +106,7 @@ pub fn preset_yaml(a: &PresetArgs) -> Result<String, String> {
     // Every preset: request ids and an access log in front of a catch-all route.
     let extra = match a.mode {
         // Agents call from browsers and desktop apps: answer CORS preflights.
-        Mode::EdgeMcp => "    - type: cors\n      allow_origins: [\"*\"]\n      allow_headers: [authorization, content-type, mcp-session-id, mcp-protocol-version]\n      expose_headers: [mcp-session-id]\n",
+        Mode::EdgeMcp => "    - type: cors\n      allow_origins: [\"*\"]\n      allow_headers: [authorization, content-type, mcp-session-id, mcp-protocol-version, mcp-method, mcp-name, last-event-id]\n      expose_headers: [mcp-session-id]\n",
         _ => "",
     };
     // Seed 004: the Keycloak variables apply to every mode that serves clients directly.

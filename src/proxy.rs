@@ -11,7 +11,7 @@ use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use stoa_filters::request_id::generate_request_id;
-use stoa_filters::{FilterAction, LocalResponse, LocalStream, RequestCtx};
+use stoa_filters::{FilterAction, LocalResponse, LocalStream, LocalUpgrade, RequestCtx};
 use tracing::{debug, warn};
 
 use crate::cluster::Cluster;
@@ -107,6 +107,47 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Switch protocols and relay bytes both ways between the client and the filter's end of
+    /// the connection until either closes.
+    async fn respond_upgrade(
+        &self,
+        session: &mut Session,
+        ctx: &mut GatewayCtx,
+        upgrade: LocalUpgrade,
+    ) -> Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let resp = self.local_header(session, ctx, 101, &upgrade.headers, None)?;
+        session.write_response_header(Box::new(resp), false).await?;
+        let (mut from_filter, mut to_filter) = tokio::io::split(upgrade.io);
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            tokio::select! {
+                read = session.read_request_body() => match read {
+                    Ok(Some(bytes)) => {
+                        if to_filter.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                },
+                n = from_filter.read(&mut buf) => match n {
+                    Ok(n) if n > 0 => {
+                        let chunk = Bytes::copy_from_slice(&buf[..n]);
+                        if session.write_response_body(Some(chunk), false).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                },
+            }
+        }
+        let _ = to_filter.shutdown().await;
+        let _ = session.write_response_body(None, true).await;
+        Ok(())
+    }
+}
+
 fn is_timeout(e: &Error) -> bool {
     matches!(
         e.etype(),
@@ -168,6 +209,11 @@ impl ProxyHttp for Gateway {
                 FilterAction::Stream(stream) => {
                     ctx.ran = i + 1;
                     self.respond_stream(session, ctx, stream).await?;
+                    return Ok(true);
+                }
+                FilterAction::Upgrade(upgrade) => {
+                    ctx.ran = i + 1;
+                    self.respond_upgrade(session, ctx, upgrade).await?;
                     return Ok(true);
                 }
             }

@@ -627,6 +627,7 @@ async fn shipped_edge_mcp_config_serves_its_example_tools() {
     let yaml = shipped
         .replace("0.0.0.0:3001", "127.0.0.1:@PORT@")
         .replace("127.0.0.1:3002", "127.0.0.1:@PORT2@")
+        .replace("127.0.0.1:3003", &format!("127.0.0.1:{}", free_port()))
         .replace("127.0.0.1:9901", "127.0.0.1:@ADMIN@");
     assert_ne!(yaml, shipped);
     let gw = Gateway::start(&yaml).await;
@@ -640,6 +641,7 @@ async fn shipped_edge_mcp_config_serves_its_example_tools() {
                 r#"list_products={"category": "books"}"#,
                 r#"create_ticket={"order_id": "1001", "subject": "late delivery"}"#,
                 r#"get_order={"order_id": "abc"}"#,
+                r#"catalog_products_by_category={"category": "tools"}"#,
             ],
         )
     })
@@ -651,7 +653,16 @@ async fn shipped_edge_mcp_config_serves_its_example_tools() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["get_order", "list_products", "create_ticket"]);
+    // The federated upstream's tool follows the gateway's own.
+    assert_eq!(
+        names,
+        [
+            "get_order",
+            "list_products",
+            "create_ticket",
+            "catalog_products_by_category"
+        ]
+    );
     let calls = out["calls"].as_array().unwrap();
     assert_eq!(calls[0]["structuredContent"]["status"], "shipped", "{out}");
     assert_eq!(
@@ -662,6 +673,10 @@ async fn shipped_edge_mcp_config_serves_its_example_tools() {
     assert_eq!(
         calls[3]["isError"], true,
         "the pattern refuses a non-numeric id: {out}"
+    );
+    assert_eq!(
+        calls[4]["structuredContent"]["result"][1]["sku"], "TL-7",
+        "{out}"
     );
 }
 

@@ -568,3 +568,40 @@ async fn stateless_revision_clients_discover_and_call_without_a_session() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_over_websocket_with_relayed_progress_and_sampling() {
+    let a = McpUpstream::start("alpha", "streamable");
+    let b = McpUpstream::start("beta", "sse");
+    let api = echo("api").await;
+    let gw = Gateway::start(&federation_config(&a, &b, &api)).await;
+    let url = gw.url("/ws").replacen("http://", "ws://", 1);
+    let out = tokio::task::spawn_blocking(move || {
+        typescript_client(
+            &url,
+            &[
+                "whoami={}",
+                r#"a_slow_progress={"steps":2}"#,
+                r#"a_ask_model={"prompt":"over ws?"}"#,
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out["serverInfo"]["name"], "stoa-gateway", "{out}");
+    assert!(out["tools"].as_array().unwrap().len() > 10, "{out}");
+    assert!(out["calls"][0]["content"][0]["text"]
+        .as_str()
+        .is_some_and(|t| t.contains("/whoami")));
+    assert_eq!(out["calls"][1]["content"][0]["text"], "done", "{out}");
+    assert_eq!(out["progress"].as_array().map(Vec::len), Some(2), "{out}");
+    assert_eq!(
+        out["calls"][2]["content"][0]["text"], "sampled: over ws?",
+        "{out}"
+    );
+    assert_eq!(out["sampled"], json!(["over ws?"]));
+    // Not a WebSocket handshake: 426 with the protocol to upgrade to.
+    let r = client().get(gw.url("/ws")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 426);
+    assert_eq!(r.headers()["upgrade"], "websocket");
+}

@@ -20,6 +20,16 @@ pub enum FilterAction {
     /// written and flushed as they arrive; the response ends when every sender is dropped, or
     /// when the client goes away (writes fail, and the receiver is dropped so senders see it).
     Stream(LocalStream),
+    /// Switch protocols (101 with these headers) and hand the connection to the filter: the
+    /// client's bytes are written to `io` and what the filter writes to its end of `io` goes to
+    /// the client, until either side closes (a WebSocket the filter serves itself).
+    Upgrade(LocalUpgrade),
+}
+
+/// A connection the filter takes over (see `FilterAction::Upgrade`).
+pub struct LocalUpgrade {
+    pub headers: Vec<(String, String)>,
+    pub io: tokio::io::DuplexStream,
 }
 
 /// A streamed local response (see `FilterAction::Stream`).

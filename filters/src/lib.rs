@@ -21,5 +21,5 @@ pub mod template;
 pub mod units;
 
 pub use context::{RequestCtx, RouteTarget};
-pub use filter::{Filter, FilterAction, LocalResponse, LocalStream};
+pub use filter::{Filter, FilterAction, LocalResponse, LocalStream, LocalUpgrade};
 pub use registry::{build_filter, BuildContext, FilterConfig};

@@ -47,7 +47,11 @@ pub fn typescript_client(url: &str, args: &[&str]) -> Value {
         "/tests/fixtures/ts/mcp_client.mjs"
     );
     let mut cmd = Command::new("node");
-    cmd.arg(script).arg(url).args(args);
+    // Node 20 has its WebSocket client behind a flag (later versions accept and ignore it).
+    cmd.arg("--experimental-websocket")
+        .arg(script)
+        .arg(url)
+        .args(args);
     run_client(cmd)
 }
 

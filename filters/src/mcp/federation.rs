@@ -9,7 +9,7 @@
 //! response finds its way back.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -142,6 +142,8 @@ struct Upstream {
     up: AtomicBool,
     /// A first catalog fetch was tried (readiness).
     tried: AtomicBool,
+    /// Catalog fetches failed in a row.
+    failures: AtomicU32,
     /// Wakes the catalog task (the upstream said a list changed).
     refresh: Arc<tokio::sync::Notify>,
 }
@@ -244,6 +246,7 @@ impl Federation {
                 catalog: ArcSwap::from_pointee(Catalog::default()),
                 up: AtomicBool::new(false),
                 tried: AtomicBool::new(false),
+                failures: AtomicU32::new(0),
                 refresh: Arc::new(tokio::sync::Notify::new()),
             });
         }
@@ -736,6 +739,7 @@ async fn catalog_task(federation: Weak<Federation>, index: usize) {
         };
         match fetched {
             Ok(catalog) => {
+                u.failures.store(0, Ordering::Relaxed);
                 if !u.up.swap(true, Ordering::Relaxed) {
                     info!(upstream = %u.cfg.name, tools = catalog.tools.len(), "mcp: upstream up");
                 }
@@ -757,10 +761,13 @@ async fn catalog_task(federation: Weak<Federation>, index: usize) {
                 }
             }
         }
-        let wait = if u.up.load(Ordering::Relaxed) {
+        // Down: try again soon (0.25 s, doubling up to 5 s).
+        let failures = u.failures.load(Ordering::Relaxed);
+        let wait = if failures == 0 {
             u.cfg.refresh.0
         } else {
-            u.cfg.refresh.0.min(Duration::from_secs(5))
+            let backoff = Duration::from_millis(250) * 2u32.pow(failures.min(5));
+            u.cfg.refresh.0.min(backoff).min(Duration::from_secs(5))
         };
         let refresh = u.refresh.clone();
         drop(fed);
@@ -784,7 +791,10 @@ fn visible_list(u: &Upstream, kind: &str) -> Vec<Value> {
 
 /// A failed catalog fetch: the upstream is down until one succeeds (logged on the transition).
 fn note_down(u: &Upstream, e: &UpstreamError) {
-    if u.up.swap(false, Ordering::Relaxed) || !u.tried.load(Ordering::Relaxed) {
+    let failures = u.failures.fetch_add(1, Ordering::Relaxed) + 1;
+    // Logged when it goes down, or when it has not answered its first three tries (a server
+    // starting next to the gateway may take a moment).
+    if u.up.swap(false, Ordering::Relaxed) || failures == 3 {
         warn!(upstream = %u.cfg.name, error = %e, "mcp: upstream down; its tools, prompts and resources are hidden until it answers");
     }
     FILTER_METRICS

@@ -15,6 +15,7 @@ pub mod streams;
 pub mod tool_resources;
 pub mod tools;
 pub mod upstream;
+mod websocket;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,6 +85,11 @@ pub struct McpConfig {
     pub sse_path: String,
     #[serde(default = "default_messages_path")]
     pub messages_path: String,
+    /// Also serve MCP over WebSocket at `ws_path` (subprotocol `mcp`, one message per frame).
+    #[serde(default = "yes")]
+    pub websocket: bool,
+    #[serde(default = "default_ws_path")]
+    pub ws_path: String,
     /// Offer the server's SSE stream on GET (`false`: GET is 405).
     #[serde(default = "yes")]
     pub get_stream: bool,
@@ -141,6 +147,9 @@ fn default_sse_path() -> String {
 fn default_messages_path() -> String {
     "/messages".into()
 }
+fn default_ws_path() -> String {
+    "/ws".into()
+}
 /// The legacy HTTP+SSE transport speaks this version only.
 const LEGACY_VERSION: &str = "2024-11-05";
 fn default_keepalive() -> HumanDuration {
@@ -180,9 +189,25 @@ struct McpCore {
     sse_keepalive: Duration,
     /// `(sse_path, messages_path)` when the legacy transport is on.
     legacy: Option<(String, String)>,
+    /// The WebSocket endpoint, when on.
+    ws_path: Option<String>,
     tool_limits: Option<RateLimit>,
     in_flight: InFlight,
     federation: Option<Arc<Federation>>,
+    /// Where sessions of each transport hear the server (for change notifications).
+    stream_paths: Vec<String>,
+}
+
+/// The stream paths of a config's transports: Streamable HTTP's, the legacy one's, WebSocket's.
+fn stream_paths(cfg: &McpConfig) -> Vec<String> {
+    let mut paths = vec![cfg.path.clone()];
+    if cfg.legacy_sse {
+        paths.push(cfg.sse_path.clone());
+    }
+    if cfg.websocket {
+        paths.push(cfg.ws_path.clone());
+    }
+    paths
 }
 
 /// A refusal by the per-tool policy (a server-defined JSON-RPC error code).
@@ -196,6 +221,7 @@ pub const RATE_LIMITED: i64 = -32004;
 
 /// Who is asking, for one POST: the session, its protocol version, the policy input of the
 /// HTTP request (without its `mcp` part) and the caller's tenant.
+#[derive(Clone)]
 struct Caller {
     session_id: String,
     version: String,
@@ -409,6 +435,12 @@ impl McpCore {
                 }
             }
         }
+        if cfg.websocket {
+            let taken = [&cfg.path, &cfg.sse_path, &cfg.messages_path];
+            if !cfg.ws_path.starts_with('/') || taken.contains(&&cfg.ws_path) {
+                return Err("ws_path: must start with `/` and differ from the other paths".into());
+            }
+        }
         if cfg.sse_keepalive.0.is_zero() {
             return Err("sse_keepalive: must be more than 0".into());
         }
@@ -454,13 +486,9 @@ impl McpCore {
         let federation = if cfg.upstreams.is_empty() {
             None
         } else {
-            let mut stream_paths = vec![cfg.path.clone()];
-            if cfg.legacy_sse {
-                stream_paths.push(cfg.sse_path.clone());
-            }
             Some(Federation::build(
                 &cfg.upstreams,
-                stream_paths,
+                stream_paths(cfg),
                 cfg.session_ttl.0,
             )?)
         };
@@ -487,6 +515,8 @@ impl McpCore {
                 .legacy_sse
                 .then(|| (cfg.sse_path.clone(), cfg.messages_path.clone())),
             sse_keepalive: cfg.sse_keepalive.0,
+            ws_path: cfg.websocket.then(|| cfg.ws_path.clone()),
+            stream_paths: stream_paths(cfg),
             tool_limits,
         })
     }
@@ -1508,10 +1538,10 @@ impl McpCore {
             .unwrap()
             .insert(self.path.clone(), listing.clone());
         if previous.is_some_and(|p| p != listing) {
-            streams::HUB.broadcast(
-                &self.path,
-                &json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}),
-            );
+            let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+            for path in &self.stream_paths {
+                streams::HUB.broadcast(path, &note);
+            }
         }
     }
 
@@ -1531,7 +1561,8 @@ impl McpCore {
                 None
             }
         });
-        if path != self.path && legacy.is_none() {
+        let is_ws = self.ws_path.as_deref() == Some(path);
+        if path != self.path && legacy.is_none() && !is_ws {
             return Ok(FilterAction::Continue);
         }
         if let Some(origin) = req.headers.get("origin").and_then(|v| v.to_str().ok()) {
@@ -1543,6 +1574,26 @@ impl McpCore {
             }
         }
         let method = req.method.clone();
+        if is_ws {
+            return Ok(match websocket::handshake(req) {
+                Ok(headers) => {
+                    let ws_path = self.ws_path.clone().unwrap_or_default();
+                    let caller = self.caller(
+                        ctx,
+                        req,
+                        websocket::session_id(),
+                        String::new(),
+                        Value::Null,
+                        &ws_path,
+                    );
+                    self.websocket(headers, caller)
+                }
+                Err(refusal) => {
+                    ctx.reject("mcp", "protocol");
+                    FilterAction::Respond(refusal.into_local())
+                }
+            });
+        }
         if let (Some(is_stream), Some((sse, messages))) = (legacy, &self.legacy) {
             let reply = match (is_stream, method.as_str()) {
                 (true, "GET") => return Ok(self.legacy_open(sse, messages)),
