@@ -116,6 +116,30 @@ impl ControlPlane {
             .filter(|p| !p.as_os_str().is_empty())
             .map(|p| p.to_path_buf())
             .unwrap_or_else(|| PathBuf::from("."));
+        // The `tools_dir` of every `mcp` filter: a tool resource added, changed or removed
+        // reloads the config like an edit of the file does.
+        let tool_dirs: Vec<PathBuf> = self
+            .state
+            .load()
+            .config
+            .chains
+            .values()
+            .flatten()
+            .filter_map(|f| match &f.value {
+                stoa_filters::FilterConfig::Mcp(m) => m
+                    .tools_dir
+                    .as_ref()
+                    .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| PathBuf::from(d))),
+                _ => None,
+            })
+            .collect();
+        let in_tool_dir = {
+            let dirs = tool_dirs.clone();
+            move |p: &std::path::Path| {
+                let yaml = p.extension().is_some_and(|e| e == "yaml" || e == "yml");
+                yaml && p.parent().is_some_and(|d| dirs.iter().any(|t| d == t))
+            }
+        };
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
                 let relevant = matches!(
@@ -124,7 +148,7 @@ impl ControlPlane {
                 ) && ev
                     .paths
                     .iter()
-                    .any(|p| p.file_name() == Some(file_name.as_os_str()));
+                    .any(|p| p.file_name() == Some(file_name.as_os_str()) || in_tool_dir(p));
                 if relevant {
                     let _ = tx.send(());
                 }
@@ -136,6 +160,11 @@ impl ControlPlane {
         if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
             warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP");
             return None;
+        }
+        for tools in &tool_dirs {
+            if let Err(e) = watcher.watch(tools, RecursiveMode::NonRecursive) {
+                warn!(error = %e, dir = %tools.display(), "cannot watch the mcp tools directory; reload with SIGHUP");
+            }
         }
         Some(watcher)
     }

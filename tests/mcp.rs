@@ -1124,7 +1124,7 @@ async fn tool_resources_from_a_directory_and_reload() {
         tool_resource("crd-user-2", &api),
     )
     .unwrap();
-    gw.signal(libc::SIGHUP);
+    // The directory is watched: the new file reloads the config (no SIGHUP).
     gw.wait_metric(
         "stoa_config_reloads_total",
         &[("result", "ok")],
@@ -1154,7 +1154,6 @@ async fn tool_resources_from_a_directory_and_reload() {
 
     // A broken resource is refused naming the file; the old tools keep serving.
     std::fs::write(dir.path().join("c-bad.yaml"), "apiVersion: gostoa.dev/v1alpha1\nkind: Prompt\nmetadata: { name: x }\nspec: { backend: { url: \"http://x/\" } }\n").unwrap();
-    gw.signal(libc::SIGHUP);
     gw.wait_metric(
         "stoa_config_reloads_total",
         &[("result", "error")],
