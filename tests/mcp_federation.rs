@@ -185,6 +185,12 @@ async fn upstream_catalogs_merge_and_requests_reach_their_owner() {
         gw.metric("mcp_upstream_up", &[("upstream", "a")]).await,
         Some(1.0)
     );
+    // Of the three sessions, the two Streamable HTTP ones ended with a DELETE; the old
+    // transport's (which has no DELETE) is still counted as active.
+    gw.wait_metric("mcp_active_sessions", &[], Duration::from_secs(15), |v| {
+        v == Some(1.0)
+    })
+    .await;
     assert_eq!(
         gw.metric(
             "mcp_requests_total",
