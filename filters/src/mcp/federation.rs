@@ -649,7 +649,7 @@ impl Upstream {
         let keep_named = |items: Vec<Value>, prefix: &str| -> Vec<Value> {
             items
                 .into_iter()
-                .filter(|t| t["name"].as_str().is_some_and(|n| self.keep(n)))
+                .filter(|t| t.is_object() && t["name"].as_str().is_some_and(|n| self.keep(n)))
                 .map(|mut t| {
                     if !prefix.is_empty() {
                         let n = format!("{prefix}{}", t["name"].as_str().unwrap_or(""));

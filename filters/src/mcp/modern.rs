@@ -244,7 +244,7 @@ pub fn isolate(
                 _ if m.get("id").is_some() => {}
                 Some("notifications/progress") => {
                     if let Some(token) = &client_token {
-                        if m["params"]["progressToken"] == unique {
+                        if m["params"].is_object() && m["params"]["progressToken"] == unique {
                             m["params"]["progressToken"] = token.clone();
                             related(m);
                         }

@@ -451,13 +451,14 @@ async fn read_answer(
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     if !is_stream {
         let body: Value = resp.json().await.map_err(failed)?;
-        return match body {
-            Value::Array(batch) => batch
-                .into_iter()
-                .find(|m| m.get("id") == Some(id))
-                .ok_or_else(|| failed("no response in the batch")),
-            single => Ok(single),
+        let answer = match body {
+            Value::Array(batch) => batch.into_iter().find(|m| m.get("id") == Some(id)),
+            single => Some(single),
         };
+        // Only a response to this request will do (anything else is not MCP).
+        return answer
+            .filter(|m| is_response(m) && m.get("id") == Some(id))
+            .ok_or_else(|| failed("the answer is not a JSON-RPC response to the request"));
     }
     let mut events = resp.bytes_stream().eventsource();
     while let Some(ev) = events.next().await {
