@@ -45,7 +45,7 @@ use jsonrpc::{
 use modern::MODERN_VERSION;
 use session::{SessionError, SessionSealer};
 use tools::{ToolConfig, ToolRegistry};
-use upstream::{AbortOnDrop, MessageSink};
+use upstream::MessageSink;
 
 /// Protocol versions negotiated by `initialize`, oldest first.
 pub const PROTOCOL_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
@@ -264,7 +264,7 @@ impl Caller {
 /// Calls in flight, by session and JSON-RPC id, so `notifications/cancelled` can abort them
 /// (and tell the federated upstream serving one, by its index).
 type InFlight = std::sync::Mutex<
-    std::collections::HashMap<(String, String), (tokio::task::AbortHandle, Option<usize>)>,
+    std::collections::HashMap<(String, String), (futures::future::AbortHandle, Option<usize>)>,
 >;
 
 /// Client capabilities of sessions that could not seal them (the legacy transport's session
@@ -1156,27 +1156,38 @@ impl McpCore {
             self.federation()
                 .clone()
                 .forward(index, caller.client(), message, related);
-        let task = crate::background::handle().spawn(forwarding);
-        // A client that goes away (its request dropped) cancels the relay.
-        let _cancel_on_drop = AbortOnDrop(task.abort_handle());
+        match self.cancellable(caller, &id, Some(index), forwarding).await {
+            Some(mut answer) => {
+                answer["id"] = client_id;
+                answer
+            }
+            None => jsonrpc::error(
+                client_id,
+                REQUEST_CANCELLED,
+                "request cancelled by the client",
+            ),
+        }
+    }
+
+    /// Run `work` for the request `id` of this session so that `notifications/cancelled` can
+    /// abort it (`None` then); it runs within the HTTP request, so a client that goes away
+    /// drops it too, closing any backend or upstream request it had open.
+    async fn cancellable<T>(
+        &self,
+        caller: &Caller,
+        id: &Value,
+        upstream: Option<usize>,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let (handle, registration) = futures::future::AbortHandle::new_pair();
         let key = (caller.session_id.clone(), id.to_string());
         self.in_flight
             .lock()
             .unwrap()
-            .insert(key.clone(), (task.abort_handle(), Some(index)));
-        let outcome = task.await;
+            .insert(key.clone(), (handle, upstream));
+        let outcome = futures::future::Abortable::new(work, registration).await;
         self.in_flight.lock().unwrap().remove(&key);
-        let id = client_id;
-        match outcome {
-            Ok(mut answer) => {
-                answer["id"] = id;
-                answer
-            }
-            Err(e) if e.is_cancelled() => {
-                jsonrpc::error(id, REQUEST_CANCELLED, "request cancelled by the client")
-            }
-            Err(e) => jsonrpc::error(id, INTERNAL_ERROR, &format!("the relay failed: {e}")),
-        }
+        outcome.ok()
     }
 
     /// One page of a list, with the cursor of the next.
@@ -1421,36 +1432,14 @@ impl McpCore {
         caller: &Caller,
     ) -> std::result::Result<Value, Value> {
         let name = tool.name.as_str();
-        let client = self.client.clone();
-        let call_tool = tool.clone();
-        let task = crate::background::handle()
-            .spawn(async move { call_tool.call(&client, &arguments).await });
-        let _cancel_on_drop = AbortOnDrop(task.abort_handle());
-        let flight_key = (caller.session_id.clone(), id.to_string());
-        self.in_flight
-            .lock()
-            .unwrap()
-            .insert(flight_key.clone(), (task.abort_handle(), None));
-        let outcome = task.await;
-        self.in_flight.lock().unwrap().remove(&flight_key);
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) if e.is_cancelled() => {
-                self.count("tools/call", name, "cancelled");
-                return Err(jsonrpc::error(
-                    id.clone(),
-                    REQUEST_CANCELLED,
-                    "request cancelled by the client",
-                ));
-            }
-            Err(e) => {
-                self.count("tools/call", name, "error");
-                return Err(jsonrpc::error(
-                    id.clone(),
-                    INTERNAL_ERROR,
-                    &format!("the tool call failed: {e}"),
-                ));
-            }
+        let call = tool.call(&self.client, &arguments);
+        let Some(outcome) = self.cancellable(caller, id, None, call).await else {
+            self.count("tools/call", name, "cancelled");
+            return Err(jsonrpc::error(
+                id.clone(),
+                REQUEST_CANCELLED,
+                "request cancelled by the client",
+            ));
         };
         let mut result = json!({
             "content": [{"type": "text", "text": outcome.text}],
