@@ -957,7 +957,8 @@ impl McpCore {
         capabilities: Value,
         stream_path: &str,
     ) -> Caller {
-        if !session_id.is_empty() {
+        // A read refreshes a known session's idle time; only a new one costs a write.
+        if !session_id.is_empty() && ACTIVE_SESSIONS.get(&session_id).is_none() {
             ACTIVE_SESSIONS.insert(session_id.clone(), ());
         }
         let base = self.policy.is_some().then(|| opa::input_document(req, ctx));
