@@ -551,7 +551,16 @@ async fn stateless_revision_clients_discover_and_call_without_a_session() {
         (400, Some(-32022)),
         "{body}"
     );
-    assert_eq!(body["error"]["data"]["supported"], json!(["2026-07-28"]));
+    assert_eq!(
+        body["error"]["data"]["supported"],
+        json!([
+            "2024-11-05",
+            "2025-03-26",
+            "2025-06-18",
+            "2025-11-25",
+            "2026-07-28"
+        ])
+    );
     let r = client()
         .get(gw.url("/mcp"))
         .header("mcp-protocol-version", "2026-07-28")

@@ -97,6 +97,12 @@ pub fn check(
         Ok(_) => return Ok(None),
         Err(e) => return Err((400, e.0)),
     };
+    // A version no revision of ours has (a handshake client's typo lands here too).
+    if headers.version != MODERN_VERSION {
+        let mut e = jsonrpc::error(id, UNSUPPORTED_VERSION, "Unsupported protocol version");
+        e["error"]["data"] = json!({"supported": all_versions(), "requested": headers.version});
+        return Err((400, e));
+    }
     let meta = message["params"].get("_meta").and_then(Value::as_object);
     let Some(meta) =
         meta.filter(|m| m.contains_key(META_VERSION) && m.contains_key(META_CAPABILITIES))
@@ -141,11 +147,6 @@ pub fn check(
             ));
         }
     }
-    if meta_version != MODERN_VERSION {
-        let mut e = jsonrpc::error(id, UNSUPPORTED_VERSION, "Unsupported protocol version");
-        e["error"]["data"] = json!({"supported": [MODERN_VERSION], "requested": meta_version});
-        return Err((400, e));
-    }
     if REMOVED.contains(&method.as_str()) {
         let mut e = jsonrpc::error(id, METHOD_NOT_FOUND, "Method not found");
         e["error"]["data"] = json!(method);
@@ -170,12 +171,17 @@ pub fn check(
     }))
 }
 
-/// The `server/discover` result.
-pub fn discover(server_name: &str, capabilities: Value) -> Value {
+/// Every version spoken here: the handshake revisions and this one.
+fn all_versions() -> Vec<&'static str> {
     let mut versions: Vec<&str> = super::PROTOCOL_VERSIONS.to_vec();
     versions.push(MODERN_VERSION);
+    versions
+}
+
+/// The `server/discover` result.
+pub fn discover(server_name: &str, capabilities: Value) -> Value {
     json!({
-        "supportedVersions": versions,
+        "supportedVersions": all_versions(),
         "capabilities": capabilities,
         "resultType": "complete",
         "ttlMs": 0,
@@ -339,6 +345,10 @@ mod tests {
             (400, Some(UNSUPPORTED_VERSION))
         );
         assert_eq!(e["error"]["data"]["requested"], "2099-01-01");
+        assert_eq!(
+            e["error"]["data"]["supported"].as_array().map(Vec::len),
+            Some(5)
+        );
         // Notifications are accepted and dropped; batches are refused.
         assert!(check(
             json!({"jsonrpc": "2.0", "method": "notifications/x"}),
