@@ -11,6 +11,7 @@ pub mod headers;
 pub mod jwt;
 pub mod mcp;
 pub mod metrics;
+pub mod mirror;
 pub mod opa;
 pub mod protected_resource;
 pub mod rate_limit;
