@@ -34,6 +34,14 @@ pub struct FilterMetrics {
     pub mcp_upstream_up: IntGaugeVec,
     /// `mcp_upstream_requests_total{upstream,method,status}`: messages relayed to upstreams.
     pub mcp_upstream_requests: IntCounterVec,
+    /// `mcp_shadow_requests_total{route,status}`: mirrored copies, `ok`, `error` or `timeout`.
+    pub shadow_requests: IntCounterVec,
+    /// `mcp_shadow_match_total{route,result}`: compared answers, `match` or `mismatch`.
+    pub shadow_matches: IntCounterVec,
+    /// `mcp_shadow_field_differences_total{route,field}`: fields that differed.
+    pub shadow_field_differences: IntCounterVec,
+    /// `mcp_shadow_skipped_total{route,reason}`: requests not mirrored, and why.
+    pub shadow_skipped: IntCounterVec,
 }
 
 pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
@@ -95,6 +103,26 @@ pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
             "mcp_upstream_requests_total",
             "Requests relayed to federated upstream MCP servers, by upstream, method and status",
             &["upstream", "method", "status"],
+        ),
+        shadow_requests: counter(
+            "mcp_shadow_requests_total",
+            "Requests mirrored to the shadow candidate, by route and outcome (ok, error, timeout)",
+            &["route", "status"],
+        ),
+        shadow_matches: counter(
+            "mcp_shadow_match_total",
+            "Candidate answers compared with the primary's, by route and result (match, mismatch)",
+            &["route", "result"],
+        ),
+        shadow_field_differences: counter(
+            "mcp_shadow_field_differences_total",
+            "Fields that differed between candidate and primary, by route and field (indexes as [*])",
+            &["route", "field"],
+        ),
+        shadow_skipped: counter(
+            "mcp_shadow_skipped_total",
+            "Requests the mirror filter did not copy, by route and reason",
+            &["route", "reason"],
         ),
         mcp_tool_cache: counter(
             "mcp_tool_cache_total",

@@ -14,6 +14,7 @@ use crate::filter::Filter;
 use crate::headers::{Headers, HeadersConfig};
 use crate::jwt::{Jwt, JwtConfig};
 use crate::mcp::{Mcp, McpConfig};
+use crate::mirror::{Mirror, MirrorConfig};
 use crate::opa::{Opa, OpaConfig};
 use crate::rate_limit::{RateLimit, RateLimitConfig};
 use crate::request_id::{RequestId, RequestIdConfig};
@@ -36,6 +37,7 @@ pub enum FilterConfig {
     Opa(OpaConfig),
     RateLimit(RateLimitConfig),
     Mcp(McpConfig),
+    Mirror(MirrorConfig),
 }
 
 /// The filter type names the registry knows.
@@ -50,6 +52,7 @@ pub const FILTER_TYPES: &[&str] = &[
     "opa",
     "rate_limit",
     "mcp",
+    "mirror",
 ];
 
 impl<'de> Deserialize<'de> for FilterConfig {
@@ -90,6 +93,7 @@ impl<'de> Visitor<'de> for FilterConfigVisitor {
             "opa" => FilterConfig::Opa(OpaConfig::deserialize(rest)?),
             "rate_limit" => FilterConfig::RateLimit(RateLimitConfig::deserialize(rest)?),
             "mcp" => FilterConfig::Mcp(McpConfig::deserialize(rest)?),
+            "mirror" => FilterConfig::Mirror(MirrorConfig::deserialize(rest)?),
             other => return Err(de::Error::unknown_variant(other, FILTER_TYPES)),
         })
     }
@@ -114,6 +118,7 @@ impl FilterConfig {
             FilterConfig::Opa(_) => "opa",
             FilterConfig::RateLimit(_) => "rate_limit",
             FilterConfig::Mcp(_) => "mcp",
+            FilterConfig::Mirror(_) => "mirror",
         }
     }
 }
@@ -131,5 +136,6 @@ pub fn build_filter(cfg: &FilterConfig, bctx: &BuildContext) -> Result<Arc<dyn F
         FilterConfig::Opa(c) => Arc::new(Opa::build(c)?),
         FilterConfig::RateLimit(c) => Arc::new(RateLimit::build(c)?),
         FilterConfig::Mcp(c) => Arc::new(Mcp::build(c)?),
+        FilterConfig::Mirror(c) => Arc::new(Mirror::build(c)?),
     })
 }

@@ -174,13 +174,19 @@ pub fn generalise(field: &str) -> String {
     out
 }
 
-/// A value for logs: strings keep three characters, long digit runs are hidden, everything is
-/// capped at 64 characters.
+/// A value for logs, masked: a string shows its length (and its first two characters when it
+/// has eight or more), numbers of nine digits or more are hidden, containers show their size;
+/// everything is capped at 64 characters.
 pub fn mask(v: &Value) -> String {
     let text = match v {
-        Value::String(s) if s.chars().count() > 3 => {
-            let head: String = s.chars().take(3).collect();
-            format!("\"{head}***\" ({} chars)", s.chars().count())
+        Value::String(s) => {
+            let n = s.chars().count();
+            let head: String = if n >= 8 {
+                s.chars().take(2).collect()
+            } else {
+                String::new()
+            };
+            format!("\"{head}***\" ({n} chars)")
         }
         Value::Number(n) if n.to_string().chars().filter(char::is_ascii_digit).count() >= 9 => {
             "<number, 9+ digits>".to_string()
@@ -540,7 +546,8 @@ mod tests {
 
     #[test]
     fn values_are_masked_and_paths_generalised() {
-        assert_eq!(mask(&json!("ada@example.com")), "\"ada***\" (15 chars)");
+        assert_eq!(mask(&json!("ada@example.com")), "\"ad***\" (15 chars)");
+        assert_eq!(mask(&json!("Bob")), "\"***\" (3 chars)");
         assert_eq!(mask(&json!(4111111111111111u64)), "<number, 9+ digits>");
         assert_eq!(mask(&json!(42)), "42");
         assert_eq!(generalise("$.items[12].price[3]"), "$.items[*].price[*]");

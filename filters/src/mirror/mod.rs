@@ -1,4 +1,539 @@
-//! Shadow traffic: the comparator that tells whether a candidate backend answers like the
-//! primary (see `compare`).
+//! Shadow traffic: the `mirror` filter tees a sample of live requests to a candidate backend
+//! and compares its answers with the primary's (see `compare`). The client only ever sees the
+//! primary's response: the copy is sent after the primary answered, off the request path, with
+//! its own timeout and a cap on copies in flight, so a slow or dead candidate changes nothing
+//! for the client. Requests are sampled by a deterministic hash of a configurable key; methods
+//! that are not idempotent are mirrored only on the routes that allow it; copies carry a marker
+//! header; bodies over `max_body` are counted as skipped. Outcomes are the runbook's metrics
+//! (`mcp_shadow_requests_total{route,status}`, `mcp_shadow_match_total{route,result}`) plus the
+//! fields that differed, and each mismatch logs one `Shadow MISMATCH` JSON line.
 
 pub mod compare;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use once_cell::sync::Lazy;
+use pingora_core::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use crate::context::RequestCtx;
+use crate::filter::{phase, Filter, FilterAction};
+use crate::metrics::FILTER_METRICS;
+use crate::template::Template;
+use crate::units::{ByteSize, HumanDuration};
+use compare::{Comparator, CompareConfig, Difference, Observed};
+
+/// The runbook's switch and candidate URL (Phase 1: `SHADOW_MODE_ENABLED=true`,
+/// `SHADOW_RUST_GATEWAY_URL=http://…`).
+pub const SHADOW_ENABLED_ENV: &str = "SHADOW_MODE_ENABLED";
+pub const SHADOW_URL_ENV: &str = "SHADOW_RUST_GATEWAY_URL";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// The candidate's base URL; the request's path and query are appended.
+    pub url: String,
+    /// The share of requests mirrored, in percent (fractions allowed).
+    #[serde(default = "hundred")]
+    pub percent: f64,
+    /// What the sampling hashes (a template: `{{ header.x-user-id }}`, `{{ client_ip }}`);
+    /// the same key is always in or always out. Default: the request id (each request alone).
+    #[serde(default = "default_sample_key")]
+    pub sample_key: String,
+    /// The longest the candidate may take.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Copies in flight at most; beyond it, requests are not mirrored (counted).
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// Request and response bodies are kept up to this size; a larger one skips the copy.
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    /// Methods mirrored everywhere (the idempotent ones by default).
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    /// Routes (router route names) where every method is mirrored, POST included.
+    #[serde(default)]
+    pub allow_all_methods_on: Vec<String>,
+    /// The header marking a copy (value `1`), so the candidate can tell.
+    #[serde(default = "default_marker")]
+    pub marker_header: String,
+    #[serde(default)]
+    pub compare: CompareConfig,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+fn default_sample_key() -> String {
+    "{{ request_id }}".into()
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_methods() -> Vec<String> {
+    ["GET", "HEAD", "OPTIONS"].map(String::from).to_vec()
+}
+fn default_marker() -> String {
+    "x-stoa-shadow".into()
+}
+
+impl MirrorConfig {
+    /// `--mirror URL` / the runbook's environment: every request (idempotent methods) to `url`.
+    pub fn for_url(url: &str) -> Self {
+        MirrorConfig {
+            url: url.to_string(),
+            percent: hundred(),
+            sample_key: default_sample_key(),
+            timeout: default_timeout(),
+            max_concurrency: default_concurrency(),
+            max_body: default_max_body(),
+            methods: default_methods(),
+            allow_all_methods_on: Vec::new(),
+            marker_header: default_marker(),
+            compare: CompareConfig::default(),
+        }
+    }
+}
+
+/// Headers not copied to the candidate (hop by hop, or recomputed).
+const NOT_COPIED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "content-length",
+    "host",
+];
+
+/// What one mirrored request has gathered so far.
+struct Capture {
+    method: reqwest::Method,
+    path_and_query: String,
+    headers: Vec<(String, String)>,
+    request_body: Vec<u8>,
+    status: u16,
+    response_headers: Vec<(String, String)>,
+    response_body: Vec<u8>,
+    too_large: bool,
+}
+
+pub struct Mirror {
+    url: String,
+    threshold: u64,
+    sample_key: Template,
+    timeout: Duration,
+    slots: Arc<tokio::sync::Semaphore>,
+    max_body: usize,
+    methods: Vec<String>,
+    all_methods_on: Vec<String>,
+    marker: http::HeaderName,
+    comparator: Arc<Comparator>,
+    client: reqwest::Client,
+}
+
+/// Distinct `field` labels of `mcp_shadow_field_differences_total` per process; more share
+/// `other`.
+const MAX_FIELD_LABELS: usize = 200;
+static FIELD_LABELS: Lazy<std::sync::Mutex<std::collections::HashSet<String>>> =
+    Lazy::new(Default::default);
+
+fn field_label(field: &str) -> String {
+    let general = compare::generalise(field);
+    let mut seen = FIELD_LABELS.lock().unwrap();
+    if seen.contains(&general) || seen.len() < MAX_FIELD_LABELS {
+        seen.insert(general.clone());
+        general
+    } else {
+        "other".into()
+    }
+}
+
+impl Mirror {
+    pub fn build(cfg: &MirrorConfig) -> std::result::Result<Self, String> {
+        let url = reqwest::Url::parse(&cfg.url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| format!("url: `{}` is not an http(s) URL", cfg.url))?;
+        if !(0.0..=100.0).contains(&cfg.percent) {
+            return Err("percent: between 0 and 100".into());
+        }
+        if cfg.max_concurrency == 0 || cfg.timeout.0.is_zero() {
+            return Err("max_concurrency and timeout: must be more than 0".into());
+        }
+        let marker = http::HeaderName::from_bytes(cfg.marker_header.as_bytes()).map_err(|_| {
+            format!(
+                "marker_header: `{}` is not a header name",
+                cfg.marker_header
+            )
+        })?;
+        Ok(Mirror {
+            url: url.as_str().trim_end_matches('/').to_string(),
+            // The share of the 2^32 hash space that is mirrored.
+            threshold: ((cfg.percent / 100.0) * 4_294_967_296.0) as u64,
+            sample_key: Template::parse(&cfg.sample_key).map_err(|e| format!("sample_key: {e}"))?,
+            timeout: cfg.timeout.0,
+            slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrency)),
+            max_body: cfg.max_body.0 as usize,
+            methods: cfg.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            all_methods_on: cfg.allow_all_methods_on.clone(),
+            marker,
+            comparator: Arc::new(
+                Comparator::build(&cfg.compare).map_err(|e| format!("compare.{e}"))?,
+            ),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| format!("HTTP client: {e}"))?,
+        })
+    }
+
+    /// Whether this key falls in the mirrored share (a stable hash, the same on every replica).
+    fn sampled(&self, key: &str) -> bool {
+        let digest = Sha256::digest(key.as_bytes());
+        let point = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) as u64;
+        point < self.threshold
+    }
+
+    fn skipped(route: &str, reason: &str) {
+        FILTER_METRICS
+            .shadow_skipped
+            .with_label_values(&[route, reason])
+            .inc();
+    }
+}
+
+/// A body chunk kept unless the whole exceeds `max` (then the copy is off).
+fn keep(buf: &mut Vec<u8>, too_large: &mut bool, chunk: &Bytes, max: usize) {
+    if *too_large {
+        return;
+    }
+    if buf.len() + chunk.len() > max {
+        *too_large = true;
+        buf.clear();
+    } else {
+        buf.extend_from_slice(chunk);
+    }
+}
+
+#[async_trait]
+impl Filter for Mirror {
+    fn name(&self) -> &'static str {
+        "mirror"
+    }
+
+    fn phases(&self) -> u8 {
+        phase::REQUEST
+            | phase::REQUEST_BODY
+            | phase::RESPONSE_HEADERS
+            | phase::RESPONSE_BODY
+            | phase::LOGGING
+    }
+
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<FilterAction> {
+        let req = session.req_header();
+        let method = req.method.as_str().to_string();
+        let route = ctx.route_name().to_string();
+        if !self.methods.contains(&method) && !self.all_methods_on.contains(&route) {
+            Mirror::skipped(&route, "method");
+            return Ok(FilterAction::Continue);
+        }
+        if !self.sampled(&self.sample_key.render(session, ctx)) {
+            return Ok(FilterAction::Continue);
+        }
+        let req = session.req_header();
+        let headers = req
+            .headers
+            .iter()
+            .filter(|(k, _)| !NOT_COPIED.contains(&k.as_str()))
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let path_and_query = req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        ctx.extensions
+            .insert(Arc::new(std::sync::Mutex::new(Capture {
+                method: reqwest::Method::from_bytes(method.as_bytes())
+                    .unwrap_or(reqwest::Method::GET),
+                path_and_query,
+                headers,
+                request_body: Vec::new(),
+                status: 0,
+                response_headers: Vec::new(),
+                response_body: Vec::new(),
+                too_large: false,
+            })));
+        Ok(FilterAction::Continue)
+    }
+
+    async fn on_request_body(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(chunk), Some(c)) = (body.as_ref(), capture(ctx)) {
+            let mut c = c.lock().unwrap();
+            let Capture {
+                request_body,
+                too_large,
+                ..
+            } = &mut *c;
+            keep(request_body, too_large, chunk, self.max_body);
+        }
+        Ok(())
+    }
+
+    fn on_response_headers(
+        &self,
+        _session: &Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(c) = capture(ctx) {
+            let mut c = c.lock().unwrap();
+            c.status = response.status.as_u16();
+            c.response_headers = response
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+                .collect();
+        }
+        Ok(())
+    }
+
+    fn on_response_body(
+        &self,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(chunk), Some(c)) = (body.as_ref(), capture(ctx)) {
+            let mut c = c.lock().unwrap();
+            let Capture {
+                response_body,
+                too_large,
+                ..
+            } = &mut *c;
+            keep(response_body, too_large, chunk, self.max_body);
+        }
+        Ok(())
+    }
+
+    /// The primary has answered: send the copy and compare, off the request path.
+    fn on_logging(&self, _session: &Session, ctx: &RequestCtx, status: u16) {
+        let Some(c) = capture(ctx) else { return };
+        let route = ctx.route_name().to_string();
+        let capture = std::mem::replace(
+            &mut *c.lock().unwrap(),
+            Capture {
+                method: reqwest::Method::GET,
+                path_and_query: String::new(),
+                headers: Vec::new(),
+                request_body: Vec::new(),
+                status: 0,
+                response_headers: Vec::new(),
+                response_body: Vec::new(),
+                too_large: false,
+            },
+        );
+        if capture.too_large {
+            Mirror::skipped(&route, "body_too_large");
+            return;
+        }
+        if status == 0 || capture.status == 0 {
+            // No answer from the primary (client gone, or a local refusal): nothing to compare.
+            Mirror::skipped(&route, "no_primary_response");
+            return;
+        }
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            Mirror::skipped(&route, "concurrency");
+            return;
+        };
+        let shot = Shot {
+            url: format!("{}{}", self.url, capture.path_and_query),
+            capture,
+            route,
+            request_id: ctx.request_id.clone(),
+            timeout: self.timeout,
+            max_body: self.max_body,
+            marker: self.marker.clone(),
+            comparator: self.comparator.clone(),
+            client: self.client.clone(),
+        };
+        crate::background::handle().spawn(async move {
+            shot.fire().await;
+            drop(permit);
+        });
+    }
+}
+
+fn capture(ctx: &RequestCtx) -> Option<Arc<std::sync::Mutex<Capture>>> {
+    ctx.extensions
+        .get::<Arc<std::sync::Mutex<Capture>>>()
+        .cloned()
+}
+
+/// One copy on its way to the candidate.
+struct Shot {
+    url: String,
+    capture: Capture,
+    route: String,
+    request_id: String,
+    timeout: Duration,
+    max_body: usize,
+    marker: http::HeaderName,
+    comparator: Arc<Comparator>,
+    client: reqwest::Client,
+}
+
+impl Shot {
+    async fn fire(self) {
+        let c = &self.capture;
+        let mut req = self.client.request(c.method.clone(), &self.url);
+        for (k, v) in &c.headers {
+            req = req.header(k, v);
+        }
+        req = req
+            .header(self.marker.as_str(), "1")
+            .header("x-request-id", &self.request_id)
+            .body(c.request_body.clone());
+        let answer = tokio::time::timeout(self.timeout, async {
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            let headers: Vec<(String, String)> = resp
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+                .collect();
+            let body = resp.bytes().await?;
+            Ok::<_, reqwest::Error>((status, headers, body))
+        })
+        .await;
+        let count = |status: &str| {
+            FILTER_METRICS
+                .shadow_requests
+                .with_label_values(&[&self.route, status])
+                .inc()
+        };
+        let (status, headers, body) = match answer {
+            Err(_) => return count("timeout"),
+            Ok(Err(e)) if e.is_timeout() => return count("timeout"),
+            Ok(Err(_)) => return count("error"),
+            Ok(Ok(a)) => a,
+        };
+        count("ok");
+        if body.len() > self.max_body {
+            Mirror::skipped(&self.route, "body_too_large");
+            return;
+        }
+        let differences = self.comparator.compare(
+            &Observed {
+                status: c.status,
+                headers: &c.response_headers,
+                body: &c.response_body,
+            },
+            &Observed {
+                status,
+                headers: &headers,
+                body: &body,
+            },
+        );
+        let result = if differences.is_empty() {
+            "match"
+        } else {
+            "mismatch"
+        };
+        FILTER_METRICS
+            .shadow_matches
+            .with_label_values(&[&self.route, result])
+            .inc();
+        if !differences.is_empty() {
+            self.log_mismatch(&differences);
+        }
+    }
+
+    /// One JSON line per mismatch: `grep "Shadow MISMATCH" | jq '.path'` works.
+    fn log_mismatch(&self, differences: &[Difference]) {
+        for d in differences {
+            FILTER_METRICS
+                .shadow_field_differences
+                .with_label_values(&[&self.route, &field_label(&d.field)])
+                .inc();
+        }
+        // At most 10 fields in the line (the count says how many there were).
+        let shown: Vec<&Difference> = differences.iter().take(10).collect();
+        let path = self
+            .capture
+            .path_and_query
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        warn!(
+            method = %self.capture.method,
+            path = %path,
+            request_id = %self.request_id,
+            route = %self.route,
+            differing_fields = differences.len(),
+            diff = %json!(shown),
+            "Shadow MISMATCH"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_is_stable_and_close_to_the_share() {
+        let mut cfg = MirrorConfig::for_url("http://candidate:8080");
+        cfg.percent = 10.0;
+        let m = Mirror::build(&cfg).unwrap();
+        let hits = (0..20_000)
+            .filter(|i| m.sampled(&format!("user-{i}")))
+            .count();
+        assert!((1_700..2_300).contains(&hits), "{hits}");
+        assert_eq!(m.sampled("user-7"), m.sampled("user-7"));
+        cfg.percent = 0.0;
+        assert!(!Mirror::build(&cfg).unwrap().sampled("x"));
+        cfg.percent = 100.0;
+        assert!(Mirror::build(&cfg).unwrap().sampled("x"));
+        cfg.percent = 101.0;
+        assert!(Mirror::build(&cfg).is_err());
+    }
+
+    #[test]
+    fn bodies_over_the_limit_are_dropped() {
+        let (mut buf, mut over) = (Vec::new(), false);
+        keep(&mut buf, &mut over, &Bytes::from_static(b"12345"), 8);
+        assert_eq!((buf.len(), over), (5, false));
+        keep(&mut buf, &mut over, &Bytes::from_static(b"6789"), 8);
+        assert!(over && buf.is_empty());
+    }
+}

@@ -1,0 +1,294 @@
+//! The `mirror` filter end to end: the real binary proxying to a real primary while copying
+//! requests to a real candidate (both axum servers written here), comparing the answers and
+//! counting and logging what differs.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::Json;
+use common::*;
+use serde_json::{json, Value};
+
+/// What the candidate saw.
+#[derive(Default)]
+struct Seen {
+    requests: AtomicUsize,
+    markers: AtomicUsize,
+    posts: AtomicUsize,
+    slow_started: AtomicUsize,
+    slow_finished: AtomicUsize,
+    bodies: Mutex<Vec<String>>,
+}
+
+/// A backend answering `/items/{case}`: the primary (`candidate: false`) and the candidate
+/// answer the same except where the case says otherwise.
+async fn backend(candidate: bool) -> (std::net::SocketAddr, Arc<Seen>) {
+    let seen = Arc::new(Seen::default());
+    let app = axum::Router::new()
+        .route(
+            "/items/{case}",
+            get(answer).post(
+                |State((c, seen)): State<(bool, Arc<Seen>)>,
+                 Path(case): Path<String>,
+                 headers: HeaderMap,
+                 body: String| async move {
+                    if c {
+                        seen.posts.fetch_add(1, Ordering::SeqCst);
+                        seen.bodies.lock().unwrap().push(body);
+                    }
+                    answer(State((c, seen)), Path(case), headers).await
+                },
+            ),
+        )
+        .with_state((candidate, seen.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, seen)
+}
+
+async fn answer(
+    State((candidate, seen)): State<(bool, Arc<Seen>)>,
+    Path(case): Path<String>,
+    headers: HeaderMap,
+) -> Json<Value> {
+    if candidate {
+        seen.requests.fetch_add(1, Ordering::SeqCst);
+        if headers.get("x-stoa-shadow").is_some_and(|v| v == "1") {
+            seen.markers.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let base = json!({"id": 7, "user": {"name": "Ada", "email": "ada@example.com"},
+        "meta": {"request_id": "primary"}, "updated_at": "2026-11-23T10:00:00Z"});
+    if !candidate {
+        return Json(base);
+    }
+    Json(match case.as_str() {
+        // The same document, keys in another order and a later timestamp.
+        "same" => {
+            json!({"updated_at": "2026-11-23T10:00:05.250Z", "meta": {"request_id": "primary"},
+            "user": {"email": "ada@example.com", "name": "Ada"}, "id": 7})
+        }
+        "renamed" => json!({"id": 7, "user": {"name": "Bob", "email": "ada@example.com"},
+            "meta": {"request_id": "primary"}, "updated_at": "2026-11-23T10:00:00Z"}),
+        "ignored" => json!({"id": 7, "user": {"name": "Ada", "email": "ada@example.com"},
+            "meta": {"request_id": "candidate"}, "updated_at": "2026-11-23T10:00:00Z"}),
+        "slow" => {
+            seen.slow_started.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            seen.slow_finished.fetch_add(1, Ordering::SeqCst);
+            base
+        }
+        _ => base,
+    })
+}
+
+fn config(primary: std::net::SocketAddr, candidate: &str, dead: u16, patient: u16) -> String {
+    format!(
+        r#"
+listeners:
+  - name: patient
+    address: "127.0.0.1:{patient}"
+    chains: [patient]
+  - name: main
+    address: "127.0.0.1:@PORT@"
+    chains: [main]
+  - name: dead
+    address: "127.0.0.1:@PORT2@"
+    chains: [dead]
+chains:
+  main:
+    - type: request_id
+    - type: router
+      routes:
+        - name: writes
+          match: {{ path_prefix: /items/write }}
+          cluster: primary
+        - name: items
+          match: {{ path_prefix: /items/ }}
+          cluster: primary
+    - type: mirror
+      url: "{candidate}"
+      timeout: 1s
+      allow_all_methods_on: [writes]
+      compare:
+        ignore_paths: ["$.meta.request_id"]
+  patient:
+    - type: router
+      routes:
+        - name: items
+          match: {{ path_prefix: / }}
+          cluster: primary
+    - type: mirror
+      url: "{candidate}"
+      timeout: 30s
+  dead:
+    - type: router
+      routes:
+        - name: items
+          match: {{ path_prefix: / }}
+          cluster: primary
+    - type: mirror
+      url: "http://127.0.0.1:{dead}"
+clusters:
+  primary:
+    endpoints: ["{primary}"]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_are_compared_counted_and_logged() {
+    let (primary, _) = backend(false).await;
+    let (candidate, seen) = backend(true).await;
+    let patient = free_port();
+    let gw = Gateway::start(&config(
+        primary,
+        &format!("http://{candidate}"),
+        closed_port(),
+        patient,
+    ))
+    .await;
+    let c = client();
+    for case in ["same", "same", "ignored", "renamed"] {
+        let r = c
+            .get(gw.url(&format!("/items/{case}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // The client always gets the primary's answer.
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["user"]["name"], "Ada");
+    }
+    gw.wait_metric(
+        "mcp_shadow_match_total",
+        &[("route", "items"), ("result", "match")],
+        Duration::from_secs(10),
+        |v| v == Some(3.0),
+    )
+    .await;
+    gw.wait_metric(
+        "mcp_shadow_match_total",
+        &[("route", "items"), ("result", "mismatch")],
+        Duration::from_secs(10),
+        |v| v == Some(1.0),
+    )
+    .await;
+    assert_eq!(
+        gw.metric(
+            "mcp_shadow_field_differences_total",
+            &[("route", "items"), ("field", "$.user.name")]
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        seen.markers.load(Ordering::SeqCst),
+        4,
+        "every copy carries the marker"
+    );
+    // One JSON line per mismatch, with the path and the field (masked values).
+    let line = gw
+        .wait_stderr("Shadow MISMATCH", Duration::from_secs(5))
+        .await;
+    let line = line
+        .lines()
+        .find(|l| l.contains("Shadow MISMATCH"))
+        .unwrap();
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["path"], "/items/renamed", "{v}");
+    assert_eq!(v["method"], "GET");
+    assert!(v["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    let diff: Value = serde_json::from_str(v["diff"].as_str().unwrap()).unwrap();
+    assert_eq!(diff[0]["field"], "$.user.name", "{diff}");
+    assert_eq!(
+        diff[0]["candidate"], "\"***\" (3 chars)",
+        "values are masked"
+    );
+    assert!(!line.contains("ada@example.com"));
+
+    // POST: not mirrored on `items`, mirrored on `writes` (which allows every method).
+    let r = c
+        .post(gw.url("/items/same"))
+        .body("{\"a\":1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(gw.url("/items/write-1"))
+        .body("{\"order\":1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    gw.wait_metric(
+        "mcp_shadow_requests_total",
+        &[("route", "writes"), ("status", "ok")],
+        Duration::from_secs(10),
+        |v| v == Some(1.0),
+    )
+    .await;
+    assert_eq!(seen.posts.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.bodies.lock().unwrap().as_slice(), ["{\"order\":1}"]);
+    assert_eq!(
+        gw.metric(
+            "mcp_shadow_skipped_total",
+            &[("route", "items"), ("reason", "method")]
+        )
+        .await,
+        Some(1.0)
+    );
+
+    // A candidate that takes 5 s (mirror timeout 30 s): the client's answer does not wait for
+    // it: the copy is still in flight when the client has its answer.
+    let r = c
+        .get(format!("http://127.0.0.1:{patient}/items/slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await.unwrap();
+    for _ in 0..50 {
+        if seen.slow_started.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.slow_started.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        seen.slow_finished.load(Ordering::SeqCst),
+        0,
+        "the client got its answer before the candidate finished"
+    );
+    // With a 1 s timeout, the slow copy counts as a timeout.
+    let r = c.get(gw.url("/items/slow")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    gw.wait_metric(
+        "mcp_shadow_requests_total",
+        &[("route", "items"), ("status", "timeout")],
+        Duration::from_secs(10),
+        |v| v == Some(1.0),
+    )
+    .await;
+
+    // A candidate that is down: the client is served, an error counts.
+    let r = c.get(gw.url2("/items/same")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    gw.wait_metric(
+        "mcp_shadow_requests_total",
+        &[("route", "items"), ("status", "error")],
+        Duration::from_secs(10),
+        |v| v == Some(1.0),
+    )
+    .await;
+}
