@@ -83,6 +83,10 @@ struct Cli {
     /// neither `policy` nor `endpoint`).
     #[arg(long, env = "PROXY_OPA_ENDPOINT")]
     opa_endpoint: Option<String>,
+    /// Mirror the (idempotent) requests of every routing chain to this candidate and compare
+    /// its answers (shadow mode, Phase 1 of the migration runbook).
+    #[arg(long, value_name = "URL")]
+    mirror: Option<String>,
     /// Edge-mcp preset: an upstream MCP server to federate, `URL` or `NAME=URL` (repeatable;
     /// a URL ending in `/sse` speaks the 2024-11-05 transport).
     #[arg(long = "mcp-upstream", value_name = "[NAME=]URL")]
@@ -115,6 +119,7 @@ fn main() {
         admin_address: cli.admin_address.clone(),
         log_level: cli.log_level.clone(),
         mode: cli.mode,
+        mirror: mirror_target(&cli),
     };
 
     let mut cfg = match load_config(&cli) {
@@ -161,6 +166,25 @@ fn main() {
         warn!("edge-mcp preset without a config file or --mcp-upstream: requests pass through to the upstream; MCP termination with a tool registry needs a config (see conf/edge-mcp.yaml), federation needs --mcp-upstream");
     }
     run(state, cli, overrides)
+}
+
+/// `--mirror URL`, else the runbook's `SHADOW_MODE_ENABLED=true` + `SHADOW_RUST_GATEWAY_URL`.
+fn mirror_target(cli: &Cli) -> Option<String> {
+    use stoa_filters::mirror::{SHADOW_ENABLED_ENV, SHADOW_URL_ENV};
+    if cli.mirror.is_some() {
+        return cli.mirror.clone();
+    }
+    let enabled = std::env::var(SHADOW_ENABLED_ENV)
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
+    if !enabled {
+        return None;
+    }
+    match std::env::var(SHADOW_URL_ENV) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => fail(&format!(
+            "{SHADOW_ENABLED_ENV} is true but {SHADOW_URL_ENV} is not set"
+        )),
+    }
 }
 
 fn fail(msg: &str) -> ! {

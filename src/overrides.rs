@@ -11,6 +11,9 @@ pub struct Overrides {
     pub admin_address: Option<String>,
     pub log_level: Option<String>,
     pub mode: Option<crate::config::Mode>,
+    /// `--mirror URL` (or `SHADOW_MODE_ENABLED=true` + `SHADOW_RUST_GATEWAY_URL`): a `mirror`
+    /// filter to this candidate at the end of every chain that routes to upstreams and has none.
+    pub mirror: Option<String>,
 }
 
 impl Overrides {
@@ -34,6 +37,26 @@ impl Overrides {
         }
         if let Some(m) = self.mode {
             cfg.gateway.mode = Some(m);
+        }
+        if let Some(url) = &self.mirror {
+            use stoa_filters::mirror::MirrorConfig;
+            use stoa_filters::FilterConfig;
+            for chain in cfg.chains.values_mut() {
+                let routes = chain
+                    .iter()
+                    .any(|f| matches!(f.value, FilterConfig::Router(_)));
+                let mirrors = chain
+                    .iter()
+                    .any(|f| matches!(f.value, FilterConfig::Mirror(_)));
+                if routes && !mirrors {
+                    let unknown = serde_saphyr::Location::UNKNOWN;
+                    chain.push(serde_saphyr::Spanned::new(
+                        FilterConfig::Mirror(MirrorConfig::for_url(url)),
+                        unknown,
+                        unknown,
+                    ));
+                }
+            }
         }
     }
 }

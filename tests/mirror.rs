@@ -292,3 +292,64 @@ async fn copies_are_compared_counted_and_logged() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_flag_and_runbook_environment_add_the_filter() {
+    let (primary, _) = backend(false).await;
+    let (candidate, seen) = backend(true).await;
+    let yaml = format!(
+        r#"
+listeners:
+  - name: main
+    address: "127.0.0.1:@PORT@"
+    chains: [main]
+chains:
+  main:
+    - type: router
+      routes:
+        - name: items
+          match: {{ path_prefix: / }}
+          cluster: primary
+clusters:
+  primary:
+    endpoints: ["{primary}"]
+"#
+    );
+    let by_flag = Gateway::builder()
+        .config(&yaml)
+        .arg(format!("--mirror=http://{candidate}"))
+        .start()
+        .await;
+    let by_env = Gateway::builder()
+        .config(&yaml)
+        .env("SHADOW_MODE_ENABLED", "true")
+        .env("SHADOW_RUST_GATEWAY_URL", format!("http://{candidate}"))
+        .start()
+        .await;
+    for gw in [&by_flag, &by_env] {
+        let r = client().get(gw.url("/items/same")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        gw.wait_metric(
+            "mcp_shadow_match_total",
+            &[("route", "items"), ("result", "match")],
+            Duration::from_secs(10),
+            |v| v == Some(1.0),
+        )
+        .await;
+    }
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 2);
+    // Enabled without a URL is a configuration error.
+    let plain = Gateway::builder()
+        .config(&yaml)
+        .env("SHADOW_MODE_ENABLED", "true")
+        .wait_ready(false)
+        .start()
+        .await;
+    let mut plain = plain;
+    plain.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        plain.stderr().contains("SHADOW_RUST_GATEWAY_URL"),
+        "{}",
+        plain.stderr()
+    );
+}
