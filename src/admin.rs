@@ -95,6 +95,23 @@ impl ServeHttp for AdminApp {
                 ),
             },
             "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics()),
+            "/shadow/report" => match session.req_header().method.as_str() {
+                "GET" => reply(
+                    200,
+                    "application/json",
+                    serde_json::to_vec_pretty(&stoa_filters::mirror::report::snapshot())
+                        .unwrap_or_default(),
+                ),
+                "DELETE" => {
+                    stoa_filters::mirror::report::reset();
+                    reply(204, "application/json", Vec::new())
+                }
+                _ => reply(
+                    405,
+                    "application/json",
+                    br#"{"error":"GET reads the report, DELETE resets it"}"#.to_vec(),
+                ),
+            },
             "/config" => {
                 let state = self.state.load();
                 let body = serde_json::json!({
@@ -110,7 +127,7 @@ impl ServeHttp for AdminApp {
             _ => reply(
                 404,
                 "application/json",
-                br#"{"error":"not found","endpoints":["/health","/ready","/metrics","/config"]}"#
+                br#"{"error":"not found","endpoints":["/health","/ready","/metrics","/config","/shadow/report"]}"#
                     .to_vec(),
             ),
         }

@@ -216,6 +216,44 @@ async fn copies_are_compared_counted_and_logged() {
     );
     assert!(!line.contains("ada@example.com"));
 
+    // The admin report: per route, rates, top fields, recent samples; DELETE resets it.
+    let report: Value = c
+        .get(gw.admin_url("/shadow/report"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = &report["routes"]["items"];
+    assert_eq!(
+        (items["match"].as_u64(), items["mismatch"].as_u64()),
+        (Some(3), Some(1)),
+        "{report}"
+    );
+    assert_eq!(items["match_rate"], 0.75);
+    assert_eq!(items["requests"]["ok"], 4);
+    assert_eq!(
+        items["top_fields"][0],
+        json!({"field": "$.user.name", "count": 1})
+    );
+    assert_eq!(items["recent_mismatches"][0]["path"], "/items/renamed");
+    let r = c
+        .delete(gw.admin_url("/shadow/report"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let report: Value = c
+        .get(gw.admin_url("/shadow/report"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["compared"], 0, "{report}");
+
     // POST: not mirrored on `items`, mirrored on `writes` (which allows every method).
     let r = c
         .post(gw.url("/items/same"))

@@ -9,6 +9,7 @@
 //! fields that differed, and each mismatch logs one `Shadow MISMATCH` JSON line.
 
 pub mod compare;
+pub mod report;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -435,6 +436,7 @@ impl Shot {
         })
         .await;
         let count = |status: &str| {
+            report::record_outcome(&self.route, status);
             FILTER_METRICS
                 .shadow_requests
                 .with_label_values(&[&self.route, status])
@@ -463,6 +465,13 @@ impl Shot {
                 body: &body,
             },
         );
+        report::record_comparison(
+            &self.route,
+            c.method.as_str(),
+            self.path(),
+            &self.request_id,
+            &differences,
+        );
         let result = if differences.is_empty() {
             "match"
         } else {
@@ -477,6 +486,11 @@ impl Shot {
         }
     }
 
+    /// The request's path, without its query (which may carry secrets).
+    fn path(&self) -> &str {
+        self.capture.path_and_query.split('?').next().unwrap_or("")
+    }
+
     /// One JSON line per mismatch: `grep "Shadow MISMATCH" | jq '.path'` works.
     fn log_mismatch(&self, differences: &[Difference]) {
         for d in differences {
@@ -487,13 +501,7 @@ impl Shot {
         }
         // At most 10 fields in the line (the count says how many there were).
         let shown: Vec<&Difference> = differences.iter().take(10).collect();
-        let path = self
-            .capture
-            .path_and_query
-            .split('?')
-            .next()
-            .unwrap_or("")
-            .to_string();
+        let path = self.path();
         warn!(
             method = %self.capture.method,
             path = %path,

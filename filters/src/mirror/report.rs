@@ -1,0 +1,124 @@
+//! What the mirror filters compared, for the admin API's `GET /shadow/report`: per route the
+//! copies sent (ok, error, timeout), matches and mismatches with the match rate, the fields
+//! that differed most, and the latest mismatches (masked, as logged). `DELETE /shadow/report`
+//! starts over. Process-wide, so it survives config reloads.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+
+use once_cell::sync::Lazy;
+use serde_json::{json, Value};
+
+use super::compare::{generalise, Difference};
+
+/// Mismatches kept per route.
+const RECENT: usize = 20;
+/// Fields shown per route.
+const TOP_FIELDS: usize = 10;
+/// Distinct fields counted per route (more are counted as `other`).
+const MAX_FIELDS: usize = 500;
+
+#[derive(Default)]
+struct RouteReport {
+    ok: u64,
+    error: u64,
+    timeout: u64,
+    matched: u64,
+    mismatched: u64,
+    fields: HashMap<String, u64>,
+    recent: VecDeque<Value>,
+}
+
+static REPORT: Lazy<Mutex<BTreeMap<String, RouteReport>>> = Lazy::new(Default::default);
+
+/// A copy's outcome: `ok`, `error` or `timeout`.
+pub fn record_outcome(route: &str, status: &str) {
+    let mut report = REPORT.lock().unwrap();
+    let r = report.entry(route.to_string()).or_default();
+    match status {
+        "ok" => r.ok += 1,
+        "error" => r.error += 1,
+        _ => r.timeout += 1,
+    }
+}
+
+/// A comparison: a match when `differences` is empty.
+pub fn record_comparison(
+    route: &str,
+    method: &str,
+    path: &str,
+    request_id: &str,
+    differences: &[Difference],
+) {
+    let mut report = REPORT.lock().unwrap();
+    let r = report.entry(route.to_string()).or_default();
+    if differences.is_empty() {
+        r.matched += 1;
+        return;
+    }
+    r.mismatched += 1;
+    for d in differences {
+        let field = generalise(&d.field);
+        let known = r.fields.len() < MAX_FIELDS || r.fields.contains_key(&field);
+        *r.fields
+            .entry(if known { field } else { "other".into() })
+            .or_default() += 1;
+    }
+    r.recent.push_back(json!({
+        "method": method,
+        "path": path,
+        "request_id": request_id,
+        "at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "diff": differences.iter().take(10).collect::<Vec<_>>(),
+    }));
+    if r.recent.len() > RECENT {
+        r.recent.pop_front();
+    }
+}
+
+/// The report as JSON: totals and one entry per route.
+pub fn snapshot() -> Value {
+    let report = REPORT.lock().unwrap();
+    let (mut matched, mut compared) = (0u64, 0u64);
+    let routes: BTreeMap<&String, Value> = report
+        .iter()
+        .map(|(route, r)| {
+            let total = r.matched + r.mismatched;
+            matched += r.matched;
+            compared += total;
+            let mut fields: Vec<(&String, &u64)> = r.fields.iter().collect();
+            fields.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let top: Vec<Value> = fields
+                .iter()
+                .take(TOP_FIELDS)
+                .map(|(f, n)| json!({"field": f, "count": n}))
+                .collect();
+            (
+                route,
+                json!({
+                    "requests": {"ok": r.ok, "error": r.error, "timeout": r.timeout},
+                    "compared": total,
+                    "match": r.matched,
+                    "mismatch": r.mismatched,
+                    "match_rate": rate(r.matched, total),
+                    "top_fields": top,
+                    "recent_mismatches": r.recent.iter().rev().cloned().collect::<Vec<_>>(),
+                }),
+            )
+        })
+        .collect();
+    json!({"compared": compared, "match_rate": rate(matched, compared), "routes": routes})
+}
+
+fn rate(matched: u64, total: u64) -> Value {
+    if total == 0 {
+        Value::Null
+    } else {
+        json!(matched as f64 / total as f64)
+    }
+}
+
+/// Forget everything (`DELETE /shadow/report`).
+pub fn reset() {
+    REPORT.lock().unwrap().clear();
+}
