@@ -95,6 +95,25 @@ impl ServeHttp for AdminApp {
                 ),
             },
             "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics()),
+            "/canary" => match session.req_header().method.as_str() {
+                "GET" => canary_weights(),
+                "POST" => {
+                    let mut body = Vec::new();
+                    while let Ok(Some(chunk)) = session.read_request_body().await {
+                        if body.len() + chunk.len() > 64 * 1024 {
+                            break;
+                        }
+                        body.extend_from_slice(&chunk);
+                    }
+                    set_canary(&body)
+                }
+                _ => reply(
+                    405,
+                    "application/json",
+                    br#"{"error":"GET reads the canary weights, POST {\"weight\": N} sets one"}"#
+                        .to_vec(),
+                ),
+            },
             "/shadow/report" => match session.req_header().method.as_str() {
                 "GET" => reply(
                     200,
@@ -127,9 +146,59 @@ impl ServeHttp for AdminApp {
             _ => reply(
                 404,
                 "application/json",
-                br#"{"error":"not found","endpoints":["/health","/ready","/metrics","/config","/shadow/report"]}"#
+                br#"{"error":"not found","endpoints":["/health","/ready","/metrics","/config","/shadow/report","/canary"]}"#
                     .to_vec(),
             ),
         }
+    }
+}
+
+/// `GET /canary`: every canary's weight.
+fn canary_weights() -> Response<Vec<u8>> {
+    let weights: serde_json::Map<String, serde_json::Value> = stoa_filters::canary::weights()
+        .into_iter()
+        .map(|(name, w)| (name, serde_json::json!(w)))
+        .collect();
+    reply(
+        200,
+        "application/json",
+        serde_json::to_vec(&serde_json::json!({ "weights": weights })).unwrap_or_default(),
+    )
+}
+
+/// `POST /canary {"weight": 5, "name": "default"}`: the new weight applies to the next request.
+fn set_canary(body: &[u8]) -> Response<Vec<u8>> {
+    let bad = |msg: String| {
+        reply(
+            400,
+            "application/json",
+            serde_json::to_vec(&serde_json::json!({ "error": msg })).unwrap_or_default(),
+        )
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return bad("the body must be JSON: {\"weight\": 5}".into());
+    };
+    let Some(weight) = v.get("weight").and_then(serde_json::Value::as_f64) else {
+        return bad("`weight` (a number, 0 to 100) is required".into());
+    };
+    let name = v
+        .get("name")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("default");
+    match stoa_filters::canary::set_weight(name, weight) {
+        Ok(()) => {
+            tracing::info!(
+                canary = name,
+                weight,
+                "canary weight set through the admin API"
+            );
+            canary_weights()
+        }
+        Err(e) if e.starts_with("no canary") => reply(
+            404,
+            "application/json",
+            serde_json::to_vec(&serde_json::json!({ "error": e })).unwrap_or_default(),
+        ),
+        Err(e) => bad(e),
     }
 }

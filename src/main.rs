@@ -43,7 +43,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Cli {
     /// Config file (YAML). Without it, the --mode preset runs.
-    #[arg(short = 'c', long = "config", env = "GATEWAY_CONFIG")]
+    #[arg(short = 'c', long = "config", env = "GATEWAY_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Deployment mode; selects the built-in preset when no config file is given.
     #[arg(long, env = "GATEWAY_MODE", value_enum)]
@@ -61,7 +61,7 @@ struct Cli {
     #[arg(long, env = "SIDECAR_PRIMARY_GATEWAY")]
     primary_gateway: Option<String>,
     /// Admin listener address (default 127.0.0.1:9901).
-    #[arg(long, env = "GATEWAY_ADMIN_ADDRESS")]
+    #[arg(long, env = "GATEWAY_ADMIN_ADDRESS", global = true)]
     admin_address: Option<String>,
     /// Log level: error, warn, info, debug, trace (or a tracing filter).
     #[arg(long, env = "GATEWAY_LOG_LEVEL")]
@@ -103,10 +103,38 @@ struct Cli {
     /// Take over the listening sockets of a running instance (Pingora graceful upgrade).
     #[arg(short, long)]
     upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Read or change canary weights through a running gateway's admin API (its address:
+    /// --admin-address, else the config file's `admin.address`, else 127.0.0.1:9901).
+    Canary {
+        #[command(subcommand)]
+        action: CanaryAction,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum CanaryAction {
+    /// Print every canary's weight.
+    Get,
+    /// Set a canary's weight in percent (fractions allowed; 0 rolls back at once).
+    Set {
+        weight: f64,
+        /// The canary filter's `name`.
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(Command::Canary { action }) = &cli.command {
+        std::process::exit(canary_command(&cli, action));
+    }
     if let Some(dir) = &cli.test_policies {
         std::process::exit(test_policies(dir));
     }
@@ -166,6 +194,57 @@ fn main() {
         warn!("edge-mcp preset without a config file or --mcp-upstream: requests pass through to the upstream; MCP termination with a tool registry needs a config (see conf/edge-mcp.yaml), federation needs --mcp-upstream");
     }
     run(state, cli, overrides)
+}
+
+/// `stoa-gateway canary get|set`: talk to the admin API; the exit code says how it went.
+fn canary_command(cli: &Cli, action: &CanaryAction) -> i32 {
+    let admin = cli.admin_address.clone().unwrap_or_else(|| {
+        cli.config
+            .as_ref()
+            .and_then(|p| GatewayConfig::load(p).ok())
+            .map(|c| c.admin.address)
+            .unwrap_or_else(config::default_admin)
+    });
+    let url = format!("http://{admin}/canary");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("stoa-gateway: {e}");
+            return 1;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let req = match action {
+            CanaryAction::Get => client.get(&url),
+            CanaryAction::Set { weight, name } => client
+                .post(&url)
+                .json(&serde_json::json!({ "weight": weight, "name": name })),
+        };
+        let resp = req
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await?;
+        let status = resp.status();
+        Ok::<_, reqwest::Error>((status, resp.text().await?))
+    });
+    match outcome {
+        Ok((status, body)) if status.is_success() => {
+            println!("{body}");
+            0
+        }
+        Ok((status, body)) => {
+            eprintln!("stoa-gateway: {url}: {status}: {body}");
+            1
+        }
+        Err(e) => {
+            eprintln!("stoa-gateway: {url}: {e}");
+            1
+        }
+    }
 }
 
 /// `--mirror URL`, else the runbook's `SHADOW_MODE_ENABLED=true` + `SHADOW_RUST_GATEWAY_URL`.

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod background;
 pub mod body_limit;
+pub mod canary;
 pub mod context;
 pub mod cors;
 pub mod filter;

@@ -3,9 +3,10 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
-    register_int_gauge_vec_with_registry, register_int_gauge_with_registry, HistogramVec,
-    IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    register_gauge_vec_with_registry, register_histogram_vec_with_registry,
+    register_int_counter_vec_with_registry, register_int_gauge_vec_with_registry,
+    register_int_gauge_with_registry, GaugeVec, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Registry,
 };
 
 pub struct FilterMetrics {
@@ -42,6 +43,13 @@ pub struct FilterMetrics {
     pub shadow_field_differences: IntCounterVec,
     /// `mcp_shadow_skipped_total{route,reason}`: requests not mirrored, and why.
     pub shadow_skipped: IntCounterVec,
+    /// `stoa_canary_weight{canary}`: the share of traffic (percent) sent to the candidate.
+    pub canary_weight: GaugeVec,
+    /// `stoa_canary_requests_total{canary,backend,status}`: requests by the side that served
+    /// them (`primary`, `candidate`) and status class (`ok`, `4xx`, `5xx`, `none`).
+    pub canary_requests: IntCounterVec,
+    /// `stoa_canary_request_duration_seconds{canary,backend}`.
+    pub canary_duration: HistogramVec,
 }
 
 pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
@@ -124,6 +132,26 @@ pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
             "Requests the mirror filter did not copy, by route and reason",
             &["route", "reason"],
         ),
+        canary_weight: register_gauge_vec_with_registry!(
+            "stoa_canary_weight",
+            "Share of traffic (percent) the canary filter sends to its candidate cluster",
+            &["canary"],
+            registry
+        )
+        .expect("metric"),
+        canary_requests: counter(
+            "stoa_canary_requests_total",
+            "Requests through a canary filter, by the side that served them and status class",
+            &["canary", "backend", "status"],
+        ),
+        canary_duration: register_histogram_vec_with_registry!(
+            "stoa_canary_request_duration_seconds",
+            "Request duration through a canary filter, by the side that served it",
+            &["canary", "backend"],
+            vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            registry
+        )
+        .expect("metric"),
         mcp_tool_cache: counter(
             "mcp_tool_cache_total",
             "Result-cache lookups of idempotent MCP tools, by tool and result (hit, miss)",

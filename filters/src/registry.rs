@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::access_log::{AccessLog, AccessLogConfig};
 use crate::body_limit::{BodyLimit, BodyLimitConfig};
+use crate::canary::{Canary, CanaryConfig};
 use crate::cors::{Cors, CorsConfig};
 use crate::filter::Filter;
 use crate::headers::{Headers, HeadersConfig};
@@ -38,6 +39,7 @@ pub enum FilterConfig {
     RateLimit(RateLimitConfig),
     Mcp(McpConfig),
     Mirror(MirrorConfig),
+    Canary(CanaryConfig),
 }
 
 /// The filter type names the registry knows.
@@ -53,6 +55,7 @@ pub const FILTER_TYPES: &[&str] = &[
     "rate_limit",
     "mcp",
     "mirror",
+    "canary",
 ];
 
 impl<'de> Deserialize<'de> for FilterConfig {
@@ -94,6 +97,7 @@ impl<'de> Visitor<'de> for FilterConfigVisitor {
             "rate_limit" => FilterConfig::RateLimit(RateLimitConfig::deserialize(rest)?),
             "mcp" => FilterConfig::Mcp(McpConfig::deserialize(rest)?),
             "mirror" => FilterConfig::Mirror(MirrorConfig::deserialize(rest)?),
+            "canary" => FilterConfig::Canary(CanaryConfig::deserialize(rest)?),
             other => return Err(de::Error::unknown_variant(other, FILTER_TYPES)),
         })
     }
@@ -119,6 +123,7 @@ impl FilterConfig {
             FilterConfig::RateLimit(_) => "rate_limit",
             FilterConfig::Mcp(_) => "mcp",
             FilterConfig::Mirror(_) => "mirror",
+            FilterConfig::Canary(_) => "canary",
         }
     }
 }
@@ -137,5 +142,6 @@ pub fn build_filter(cfg: &FilterConfig, bctx: &BuildContext) -> Result<Arc<dyn F
         FilterConfig::RateLimit(c) => Arc::new(RateLimit::build(c)?),
         FilterConfig::Mcp(c) => Arc::new(Mcp::build(c)?),
         FilterConfig::Mirror(c) => Arc::new(Mirror::build(c)?),
+        FilterConfig::Canary(c) => Arc::new(Canary::build(c, bctx)?),
     })
 }
