@@ -158,13 +158,6 @@ async fn weight_changes_under_load_drop_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let weights: serde_json::Value = client()
-        .get(gw.admin_url("/canary"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let weights: serde_json::Value = get_echo(&client(), &gw.admin_url("/canary")).await;
     assert_eq!(weights["weights"]["default"], 37.5);
 }

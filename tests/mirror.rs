@@ -217,14 +217,7 @@ async fn copies_are_compared_counted_and_logged() {
     assert!(!line.contains("ada@example.com"));
 
     // The admin report: per route, rates, top fields, recent samples; DELETE resets it.
-    let report: Value = c
-        .get(gw.admin_url("/shadow/report"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: Value = get_echo(&c, &gw.admin_url("/shadow/report")).await;
     let items = &report["routes"]["items"];
     assert_eq!(
         (items["match"].as_u64(), items["mismatch"].as_u64()),
@@ -244,14 +237,7 @@ async fn copies_are_compared_counted_and_logged() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let report: Value = c
-        .get(gw.admin_url("/shadow/report"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: Value = get_echo(&c, &gw.admin_url("/shadow/report")).await;
     assert_eq!(report["compared"], 0, "{report}");
 
     // POST: not mirrored on `items`, mirrored on `writes` (which allows every method).

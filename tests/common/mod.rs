@@ -967,7 +967,7 @@ pub fn fresh_client() -> reqwest::Client {
         .unwrap()
 }
 
-/// GET `url` and parse the echo JSON (panics unless 200).
+/// GET `url` and parse its JSON answer, e.g. an echo upstream's (panics unless 200).
 pub async fn get_echo(c: &reqwest::Client, url: &str) -> serde_json::Value {
     let r = c
         .get(url)

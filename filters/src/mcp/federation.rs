@@ -487,48 +487,51 @@ impl Federation {
             .to_string();
         let u = &self.upstreams[index];
         let sink = self.relay_sink(index, Some(related), &client);
-        for attempt in 0..2 {
-            let session = match self.session(&client, index).await {
-                Ok(s) => s,
-                Err(e) => {
-                    u.count(&method, "error");
-                    return jsonrpc::error(
-                        id,
-                        INTERNAL_ERROR,
-                        &format!("upstream `{}` is unavailable: {e}", u.cfg.name),
-                    );
-                }
-            };
-            match session.request(message.clone(), &sink).await {
-                Ok(answer) => {
-                    u.count(
-                        &method,
-                        if answer.get("error").is_some() {
-                            "error"
-                        } else {
-                            "ok"
-                        },
-                    );
-                    return answer;
-                }
-                Err(UpstreamError::Expired) if attempt == 0 => {
-                    // The upstream forgot the session (it restarted): open a new one.
-                    info!(upstream = %u.cfg.name, "mcp: upstream session expired, initializing again");
-                    self.sessions
-                        .invalidate(&(client.session_id.clone(), index))
-                        .await;
-                }
-                Err(e) => {
-                    u.count(&method, "error");
-                    return jsonrpc::error(
-                        id,
-                        INTERNAL_ERROR,
-                        &format!("upstream `{}` failed: {e}", u.cfg.name),
-                    );
-                }
+        let outcome = match self.try_request(&client, index, &message, &sink).await {
+            Err(UpstreamError::Expired) => {
+                // The upstream forgot the session (it restarted): open a new one, once.
+                info!(upstream = %u.cfg.name, "mcp: upstream session expired, initializing again");
+                self.sessions
+                    .invalidate(&(client.session_id.clone(), index))
+                    .await;
+                self.try_request(&client, index, &message, &sink).await
+            }
+            other => other,
+        };
+        match outcome {
+            Ok(answer) => {
+                let status = if answer.get("error").is_some() {
+                    "error"
+                } else {
+                    "ok"
+                };
+                u.count(&method, status);
+                answer
+            }
+            Err(e) => {
+                u.count(&method, "error");
+                jsonrpc::error(
+                    id,
+                    INTERNAL_ERROR,
+                    &format!("upstream `{}`: {e}", u.cfg.name),
+                )
             }
         }
-        unreachable!("the second attempt returns")
+    }
+
+    /// One try of a relayed request through the client's session with upstream `index`.
+    async fn try_request(
+        self: &Arc<Self>,
+        client: &ClientRef,
+        index: usize,
+        message: &Value,
+        sink: &MessageSink,
+    ) -> Result<Value, UpstreamError> {
+        let session = self
+            .session(client, index)
+            .await
+            .map_err(|e| UpstreamError::Failed(format!("unavailable: {e}")))?;
+        session.request(message.clone(), sink).await
     }
 
     /// A client's response to a request an upstream relayed: back to that upstream, with the

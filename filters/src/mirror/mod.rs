@@ -125,6 +125,7 @@ const NOT_COPIED: &[&str] = &[
 ];
 
 /// What one mirrored request has gathered so far.
+#[derive(Default)]
 struct Capture {
     method: reqwest::Method,
     path_and_query: String,
@@ -134,6 +135,36 @@ struct Capture {
     response_headers: Vec<(String, String)>,
     response_body: Vec<u8>,
     too_large: bool,
+}
+
+impl Capture {
+    /// A body chunk kept unless the whole exceeds `max` (then the copy is off).
+    fn keep(&mut self, response: bool, chunk: &Bytes, max: usize) {
+        if self.too_large {
+            return;
+        }
+        let buf = if response {
+            &mut self.response_body
+        } else {
+            &mut self.request_body
+        };
+        if buf.len() + chunk.len() > max {
+            self.too_large = true;
+            self.request_body.clear();
+            self.response_body.clear();
+        } else {
+            buf.extend_from_slice(chunk);
+        }
+    }
+}
+
+/// Header pairs with text values (names lower case, as `http` keeps them).
+fn header_pairs<'a>(
+    headers: impl Iterator<Item = (&'a http::HeaderName, &'a http::HeaderValue)>,
+) -> Vec<(String, String)> {
+    headers
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
 }
 
 pub struct Mirror {
@@ -221,19 +252,6 @@ impl Mirror {
     }
 }
 
-/// A body chunk kept unless the whole exceeds `max` (then the copy is off).
-fn keep(buf: &mut Vec<u8>, too_large: &mut bool, chunk: &Bytes, max: usize) {
-    if *too_large {
-        return;
-    }
-    if buf.len() + chunk.len() > max {
-        *too_large = true;
-        buf.clear();
-    } else {
-        buf.extend_from_slice(chunk);
-    }
-}
-
 #[async_trait]
 impl Filter for Mirror {
     fn name(&self) -> &'static str {
@@ -260,16 +278,17 @@ impl Filter for Mirror {
             Mirror::skipped(&route, "method");
             return Ok(FilterAction::Continue);
         }
-        if !self.sampled(&self.sample_key.render(session, ctx)) {
+        // Everything mirrored: no key to render and hash.
+        let everything = self.threshold > u32::MAX as u64;
+        if !everything && !self.sampled(&self.sample_key.render(session, ctx)) {
             return Ok(FilterAction::Continue);
         }
         let req = session.req_header();
-        let headers = req
-            .headers
-            .iter()
-            .filter(|(k, _)| !NOT_COPIED.contains(&k.as_str()))
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
+        let headers = header_pairs(
+            req.headers
+                .iter()
+                .filter(|(k, _)| !NOT_COPIED.contains(&k.as_str())),
+        );
         let path_and_query = req
             .uri
             .path_and_query()
@@ -281,11 +300,7 @@ impl Filter for Mirror {
                     .unwrap_or(reqwest::Method::GET),
                 path_and_query,
                 headers,
-                request_body: Vec::new(),
-                status: 0,
-                response_headers: Vec::new(),
-                response_body: Vec::new(),
-                too_large: false,
+                ..Capture::default()
             })));
         Ok(FilterAction::Continue)
     }
@@ -298,13 +313,7 @@ impl Filter for Mirror {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(chunk), Some(c)) = (body.as_ref(), capture(ctx)) {
-            let mut c = c.lock().unwrap();
-            let Capture {
-                request_body,
-                too_large,
-                ..
-            } = &mut *c;
-            keep(request_body, too_large, chunk, self.max_body);
+            c.lock().unwrap().keep(false, chunk, self.max_body);
         }
         Ok(())
     }
@@ -318,11 +327,7 @@ impl Filter for Mirror {
         if let Some(c) = capture(ctx) {
             let mut c = c.lock().unwrap();
             c.status = response.status.as_u16();
-            c.response_headers = response
-                .headers
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-                .collect();
+            c.response_headers = header_pairs(response.headers.iter());
         }
         Ok(())
     }
@@ -334,13 +339,7 @@ impl Filter for Mirror {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(chunk), Some(c)) = (body.as_ref(), capture(ctx)) {
-            let mut c = c.lock().unwrap();
-            let Capture {
-                response_body,
-                too_large,
-                ..
-            } = &mut *c;
-            keep(response_body, too_large, chunk, self.max_body);
+            c.lock().unwrap().keep(true, chunk, self.max_body);
         }
         Ok(())
     }
@@ -349,19 +348,7 @@ impl Filter for Mirror {
     fn on_logging(&self, _session: &Session, ctx: &RequestCtx, status: u16) {
         let Some(c) = capture(ctx) else { return };
         let route = ctx.route_name().to_string();
-        let capture = std::mem::replace(
-            &mut *c.lock().unwrap(),
-            Capture {
-                method: reqwest::Method::GET,
-                path_and_query: String::new(),
-                headers: Vec::new(),
-                request_body: Vec::new(),
-                status: 0,
-                response_headers: Vec::new(),
-                response_body: Vec::new(),
-                too_large: false,
-            },
-        );
+        let capture = std::mem::take(&mut *c.lock().unwrap());
         if capture.too_large {
             Mirror::skipped(&route, "body_too_large");
             return;
@@ -426,11 +413,7 @@ impl Shot {
         let answer = tokio::time::timeout(self.timeout, async {
             let resp = req.send().await?;
             let status = resp.status().as_u16();
-            let headers: Vec<(String, String)> = resp
-                .headers()
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-                .collect();
+            let headers = header_pairs(resp.headers().iter());
             let body = resp.bytes().await?;
             Ok::<_, reqwest::Error>((status, headers, body))
         })
@@ -538,10 +521,10 @@ mod tests {
 
     #[test]
     fn bodies_over_the_limit_are_dropped() {
-        let (mut buf, mut over) = (Vec::new(), false);
-        keep(&mut buf, &mut over, &Bytes::from_static(b"12345"), 8);
-        assert_eq!((buf.len(), over), (5, false));
-        keep(&mut buf, &mut over, &Bytes::from_static(b"6789"), 8);
-        assert!(over && buf.is_empty());
+        let mut c = Capture::default();
+        c.keep(false, &Bytes::from_static(b"12345"), 8);
+        assert_eq!((c.request_body.len(), c.too_large), (5, false));
+        c.keep(true, &Bytes::from_static(b"123456789"), 8);
+        assert!(c.too_large && c.request_body.is_empty() && c.response_body.is_empty());
     }
 }
