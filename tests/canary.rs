@@ -1,6 +1,7 @@
 //! The `canary` filter end to end: the real binary splitting live traffic between a primary
 //! and a candidate cluster (two real upstreams), sticky by a header, with the weight changed
-//! through the admin API and the `canary set` subcommand under continuous load.
+//! through the admin API, the `canary set` subcommand and config reloads under continuous
+//! load.
 
 mod common;
 
@@ -128,6 +129,35 @@ async fn weight_changes_under_load_drop_nothing() {
     assert!(out.contains("\"default\":0"), "{out}");
     assert_eq!(side(&gw.url("/"), "").await, "python");
     tokio::time::sleep(Duration::from_millis(300)).await;
+    set(37.5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A config reload that changes the file's weight applies it, still under load.
+    let reload = |weight: &str, reloads: f64| {
+        gw.replace_config(&config(&python, &rust).replace("weight: 10", weight));
+        gw.signal(libc::SIGHUP);
+        gw.wait_metric(
+            "stoa_config_reloads_total",
+            &[("result", "ok")],
+            Duration::from_secs(10),
+            move |v| v == Some(reloads),
+        )
+    };
+    reload("weight: 100", 1.0).await;
+    assert_eq!(
+        gw.metric("stoa_canary_weight", &[("canary", "default")])
+            .await,
+        Some(100.0)
+    );
+    assert_eq!(side(&gw.url("/"), "").await, "rust");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A reload that leaves the file's weight as it was keeps a weight set live since.
+    set(20.0).await;
+    reload("weight: 100", 2.0).await;
+    assert_eq!(
+        gw.metric("stoa_canary_weight", &[("canary", "default")])
+            .await,
+        Some(20.0)
+    );
     set(37.5).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -377,3 +377,158 @@ clusters:
         plain.stderr()
     );
 }
+
+/// A backend whose every answer names the instance and a fresh nonce (noise between two healthy
+/// instances of the same code); the candidate renames the user on `/profile/renamed`. Counts
+/// the POSTs it gets.
+async fn noisy_backend(candidate: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let posts = Arc::new(AtomicUsize::new(0));
+    let nonce = Arc::new(AtomicUsize::new(rand_seed()));
+    let app = axum::Router::new()
+        .route(
+            "/profile/{case}",
+            get(
+                move |State((nonce, _)): State<(Arc<AtomicUsize>, Arc<AtomicUsize>)>,
+                      Path(case): Path<String>| async move {
+                    let name = if candidate && case == "renamed" {
+                        "Bob"
+                    } else {
+                        "Ada"
+                    };
+                    let n = nonce.fetch_add(7919, Ordering::SeqCst);
+                    Json(json!({"id": 7, "name": name, "served_by": format!("pod-{n}")}))
+                },
+            )
+            .post(
+                |State((_, posts)): State<(Arc<AtomicUsize>, Arc<AtomicUsize>)>| async move {
+                    posts.fetch_add(1, Ordering::SeqCst);
+                    Json(json!({"ok": true}))
+                },
+            ),
+        )
+        .with_state((nonce, posts.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, posts)
+}
+
+/// A different starting nonce per instance.
+fn rand_seed() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    NEXT.fetch_add(1_000_003, Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noise_baseline_keeps_instance_noise_out_of_mismatches() {
+    let (primary, _) = noisy_backend(false).await;
+    let (baseline, baseline_posts) = noisy_backend(false).await;
+    let (candidate, candidate_posts) = noisy_backend(true).await;
+    let yaml = format!(
+        r#"
+listeners:
+  - name: main
+    address: "127.0.0.1:@PORT@"
+    chains: [with_baseline]
+  - name: plain
+    address: "127.0.0.1:@PORT2@"
+    chains: [without_baseline]
+chains:
+  with_baseline:
+    - type: router
+      routes:
+        - name: profiles
+          match: {{ path_prefix: /profile/ }}
+          cluster: primary
+    - type: mirror
+      url: "http://{candidate}"
+      allow_all_methods_on: [profiles]
+      baseline:
+        url: "http://{baseline}"
+  without_baseline:
+    - type: router
+      routes:
+        - name: plain
+          match: {{ path_prefix: /profile/ }}
+          cluster: primary
+    - type: mirror
+      url: "http://{candidate}"
+clusters:
+  primary:
+    endpoints: ["{primary}"]
+"#
+    );
+    let gw = Gateway::start(&yaml).await;
+    let c = client();
+    for _ in 0..10 {
+        for url in [gw.url("/profile/same"), gw.url2("/profile/same")] {
+            let r = c.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    }
+    // Without a baseline, `served_by` makes every copy a mismatch…
+    gw.wait_metric(
+        "mcp_shadow_match_total",
+        &[("route", "plain"), ("result", "mismatch")],
+        Duration::from_secs(10),
+        |v| v == Some(10.0),
+    )
+    .await;
+    // …with one, the same answers match: the baseline differs on `served_by` as much.
+    gw.wait_metric(
+        "mcp_shadow_match_total",
+        &[("route", "profiles"), ("result", "match")],
+        Duration::from_secs(10),
+        |v| v == Some(10.0),
+    )
+    .await;
+    assert_eq!(
+        gw.metric(
+            "mcp_shadow_noise_differences_total",
+            &[("route", "profiles"), ("field", "$.served_by")]
+        )
+        .await,
+        Some(10.0)
+    );
+    assert_eq!(
+        gw.metric(
+            "mcp_shadow_baseline_requests_total",
+            &[("route", "profiles"), ("status", "ok")]
+        )
+        .await,
+        Some(10.0)
+    );
+
+    // A real difference is still a mismatch, logged with that field alone.
+    let r = c.get(gw.url("/profile/renamed")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    gw.wait_metric(
+        "mcp_shadow_match_total",
+        &[("route", "profiles"), ("result", "mismatch")],
+        Duration::from_secs(10),
+        |v| v == Some(1.0),
+    )
+    .await;
+    let report: Value = get_echo(&c, &gw.admin_url("/shadow/report")).await;
+    let profiles = &report["routes"]["profiles"];
+    let diff = &profiles["recent_mismatches"][0]["diff"];
+    assert_eq!(diff.as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(diff[0]["field"], "$.name");
+    assert_eq!(profiles["noise"]["noisy_fields"][0]["field"], "$.served_by");
+    assert_eq!(profiles["noise"]["noisy_fields"][0]["noise_rate"], 1.0);
+
+    // A POST goes to the candidate where allowed, never to the baseline (a second primary).
+    let r = c.post(gw.url("/profile/same")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    gw.wait_metric(
+        "mcp_shadow_requests_total",
+        &[("route", "profiles"), ("status", "ok")],
+        Duration::from_secs(10),
+        |v| v == Some(12.0),
+    )
+    .await;
+    assert_eq!(candidate_posts.load(Ordering::SeqCst), 1);
+    assert_eq!(baseline_posts.load(Ordering::SeqCst), 0);
+}

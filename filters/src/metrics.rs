@@ -43,6 +43,10 @@ pub struct FilterMetrics {
     pub shadow_field_differences: IntCounterVec,
     /// `mcp_shadow_skipped_total{route,reason}`: requests not mirrored, and why.
     pub shadow_skipped: IntCounterVec,
+    /// `mcp_shadow_baseline_requests_total{route,status}`: copies to the noise baseline.
+    pub shadow_baseline_requests: IntCounterVec,
+    /// `mcp_shadow_noise_differences_total{route,field}`: candidate differences taken for noise.
+    pub shadow_noise_differences: IntCounterVec,
     /// `stoa_canary_weight{canary}`: the share of traffic (percent) sent to the candidate.
     pub canary_weight: GaugeVec,
     /// `stoa_canary_requests_total{canary,backend,status}`: requests by the side that served
@@ -131,6 +135,16 @@ pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
             "mcp_shadow_skipped_total",
             "Requests the mirror filter did not copy, by route and reason",
             &["route", "reason"],
+        ),
+        shadow_baseline_requests: counter(
+            "mcp_shadow_baseline_requests_total",
+            "Copies sent to the noise baseline (a second primary), by route and outcome (ok, error, timeout)",
+            &["route", "status"],
+        ),
+        shadow_noise_differences: counter(
+            "mcp_shadow_noise_differences_total",
+            "Candidate differences not counted because the baseline shows the same noise, by route and field",
+            &["route", "field"],
         ),
         canary_weight: register_gauge_vec_with_registry!(
             "stoa_canary_weight",

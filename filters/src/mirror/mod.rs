@@ -6,9 +6,12 @@
 //! that are not idempotent are mirrored only on the routes that allow it; copies carry a marker
 //! header; bodies over `max_body` are counted as skipped. Outcomes are the runbook's metrics
 //! (`mcp_shadow_requests_total{route,status}`, `mcp_shadow_match_total{route,result}`) plus the
-//! fields that differed, and each mismatch logs one `Shadow MISMATCH` JSON line.
+//! fields that differed, and each mismatch logs one `Shadow MISMATCH` JSON line. With a
+//! `baseline` (a second instance of the primary), differences the baseline shows too are noise
+//! and do not make a mismatch (see `noise`).
 
 pub mod compare;
+pub mod noise;
 pub mod report;
 
 use std::sync::Arc;
@@ -69,6 +72,26 @@ pub struct MirrorConfig {
     pub marker_header: String,
     #[serde(default)]
     pub compare: CompareConfig,
+    /// A second instance of the primary: what differs between the two is noise.
+    #[serde(default)]
+    pub baseline: Option<BaselineConfig>,
+}
+
+/// The noise baseline: each copy of an idempotent request also goes here, and a candidate
+/// difference counts only when it is above the primary-vs-baseline noise.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineConfig {
+    /// The second primary's base URL.
+    pub url: String,
+    /// How far (a fraction of the route's requests) a field's candidate difference rate must
+    /// exceed its noise rate to count, for fields the baseline has shown to be noisy.
+    #[serde(default = "default_margin")]
+    pub margin: f64,
+}
+
+fn default_margin() -> f64 {
+    0.05
 }
 
 fn hundred() -> f64 {
@@ -107,6 +130,7 @@ impl MirrorConfig {
             allow_all_methods_on: Vec::new(),
             marker_header: default_marker(),
             compare: CompareConfig::default(),
+            baseline: None,
         }
     }
 }
@@ -169,6 +193,8 @@ fn header_pairs<'a>(
 
 pub struct Mirror {
     url: String,
+    /// The baseline's base URL and margin.
+    baseline: Option<(String, f64)>,
     threshold: u64,
     sample_key: Template,
     timeout: Duration,
@@ -200,10 +226,21 @@ fn field_label(field: &str) -> String {
 
 impl Mirror {
     pub fn build(cfg: &MirrorConfig) -> std::result::Result<Self, String> {
-        let url = reqwest::Url::parse(&cfg.url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| format!("url: `{}` is not an http(s) URL", cfg.url))?;
+        let base_url = |key: &str, text: &str| {
+            reqwest::Url::parse(text)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .map(|u| u.as_str().trim_end_matches('/').to_string())
+                .ok_or_else(|| format!("{key}: `{text}` is not an http(s) URL"))
+        };
+        let url = base_url("url", &cfg.url)?;
+        let baseline = match &cfg.baseline {
+            None => None,
+            Some(b) if !(0.0..=1.0).contains(&b.margin) => {
+                return Err("baseline.margin: between 0 and 1".into())
+            }
+            Some(b) => Some((base_url("baseline.url", &b.url)?, b.margin)),
+        };
         if !(0.0..=100.0).contains(&cfg.percent) {
             return Err("percent: between 0 and 100".into());
         }
@@ -217,7 +254,8 @@ impl Mirror {
             )
         })?;
         Ok(Mirror {
-            url: url.as_str().trim_end_matches('/').to_string(),
+            url,
+            baseline,
             // The share of the 2^32 hash space that is mirrored.
             threshold: ((cfg.percent / 100.0) * 4_294_967_296.0) as u64,
             sample_key: Template::parse(&cfg.sample_key).map_err(|e| format!("sample_key: {e}"))?,
@@ -362,8 +400,16 @@ impl Filter for Mirror {
             Mirror::skipped(&route, "concurrency");
             return;
         };
+        // The baseline is a primary: it gets only what may safely be sent twice.
+        let idempotent = self.methods.iter().any(|m| m == capture.method.as_str());
         let shot = Shot {
-            url: format!("{}{}", self.url, capture.path_and_query),
+            url: self.url.clone(),
+            baseline_url: self
+                .baseline
+                .as_ref()
+                .filter(|_| idempotent)
+                .map(|(url, _)| url.clone()),
+            noise_margin: self.baseline.as_ref().map(|(_, margin)| *margin),
             capture,
             route,
             request_id: ctx.request_id.clone(),
@@ -386,9 +432,17 @@ fn capture(ctx: &RequestCtx) -> Option<Arc<std::sync::Mutex<Capture>>> {
         .cloned()
 }
 
-/// One copy on its way to the candidate.
+/// A response: status, headers, body.
+type Answer = (u16, Vec<(String, String)>, Bytes);
+
+/// One copy on its way to the candidate (and the baseline, if any).
 struct Shot {
+    /// The candidate's base URL.
     url: String,
+    /// The baseline's base URL, when this copy goes there too.
+    baseline_url: Option<String>,
+    /// With a baseline configured: how far above the noise a difference must be.
+    noise_margin: Option<f64>,
     capture: Capture,
     route: String,
     request_id: String,
@@ -400,9 +454,12 @@ struct Shot {
 }
 
 impl Shot {
-    async fn fire(self) {
+    /// The copy sent to `base`: the answer, or `error`/`timeout`.
+    async fn send(&self, base: &str) -> std::result::Result<Answer, &'static str> {
         let c = &self.capture;
-        let mut req = self.client.request(c.method.clone(), &self.url);
+        let mut req = self
+            .client
+            .request(c.method.clone(), format!("{base}{}", c.path_and_query));
         for (k, v) in &c.headers {
             req = req.header(k, v);
         }
@@ -418,39 +475,79 @@ impl Shot {
             Ok::<_, reqwest::Error>((status, headers, body))
         })
         .await;
-        let count = |status: &str| {
-            report::record_outcome(&self.route, status);
-            FILTER_METRICS
-                .shadow_requests
-                .with_label_values(&[&self.route, status])
-                .inc()
-        };
-        let (status, headers, body) = match answer {
-            Err(_) => return count("timeout"),
-            Ok(Err(e)) if e.is_timeout() => return count("timeout"),
-            Ok(Err(_)) => return count("error"),
-            Ok(Ok(a)) => a,
-        };
-        count("ok");
-        if body.len() > self.max_body {
-            Mirror::skipped(&self.route, "body_too_large");
-            return;
+        match answer {
+            Err(_) => Err("timeout"),
+            Ok(Err(e)) if e.is_timeout() => Err("timeout"),
+            Ok(Err(_)) => Err("error"),
+            Ok(Ok(a)) => Ok(a),
         }
-        let differences = self.comparator.compare(
+    }
+
+    /// The primary's answer compared with another one.
+    fn differences(&self, (status, headers, body): &Answer) -> Vec<Difference> {
+        let c = &self.capture;
+        self.comparator.compare(
             &Observed {
                 status: c.status,
                 headers: &c.response_headers,
                 body: &c.response_body,
             },
             &Observed {
-                status,
-                headers: &headers,
-                body: &body,
+                status: *status,
+                headers,
+                body,
             },
-        );
+        )
+    }
+
+    async fn fire(self) {
+        let baseline = async {
+            match &self.baseline_url {
+                Some(url) => Some(self.send(url).await),
+                None => None,
+            }
+        };
+        let (candidate, baseline) = tokio::join!(self.send(&self.url), baseline);
+        let outcome = |answer: &std::result::Result<Answer, &'static str>| match answer {
+            Ok(_) => "ok",
+            Err(status) => status,
+        };
+        report::record_outcome(&self.route, outcome(&candidate));
+        FILTER_METRICS
+            .shadow_requests
+            .with_label_values(&[&self.route, outcome(&candidate)])
+            .inc();
+        if let Some(b) = &baseline {
+            noise::record_baseline(&self.route, outcome(b));
+            FILTER_METRICS
+                .shadow_baseline_requests
+                .with_label_values(&[&self.route, outcome(b)])
+                .inc();
+        }
+        let Ok(candidate) = candidate else { return };
+        if candidate.2.len() > self.max_body {
+            Mirror::skipped(&self.route, "body_too_large");
+            return;
+        }
+        let mut differences = self.differences(&candidate);
+        if let Some(margin) = self.noise_margin {
+            let noise_now = match &baseline {
+                Some(Ok(b)) if b.2.len() <= self.max_body => Some(self.differences(b)),
+                _ => None,
+            };
+            let (real, noise) =
+                noise::separate(&self.route, differences, noise_now.as_deref(), margin);
+            for d in &noise {
+                FILTER_METRICS
+                    .shadow_noise_differences
+                    .with_label_values(&[&self.route, &field_label(&d.field)])
+                    .inc();
+            }
+            differences = real;
+        }
         report::record_comparison(
             &self.route,
-            c.method.as_str(),
+            self.capture.method.as_str(),
             self.path(),
             &self.request_id,
             &differences,

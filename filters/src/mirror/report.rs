@@ -1,7 +1,8 @@
 //! What the mirror filters compared, for the admin API's `GET /shadow/report`: per route the
 //! copies sent (ok, error, timeout), matches and mismatches with the match rate, the fields
 //! that differed most, and the latest mismatches (masked, as logged). `DELETE /shadow/report`
-//! starts over. Process-wide, so it survives config reloads.
+//! starts over. With a noise baseline, each route also shows the baseline's outcomes and its
+//! noisy fields (see `noise`). Process-wide, so it survives config reloads.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -79,6 +80,7 @@ pub fn record_comparison(
 /// The report as JSON: totals and one entry per route.
 pub fn snapshot() -> Value {
     let report = REPORT.lock().unwrap();
+    let mut noise = super::noise::snapshot();
     let (mut matched, mut compared) = (0u64, 0u64);
     let routes: BTreeMap<&String, Value> = report
         .iter()
@@ -93,18 +95,19 @@ pub fn snapshot() -> Value {
                 .take(TOP_FIELDS)
                 .map(|(f, n)| json!({"field": f, "count": n}))
                 .collect();
-            (
-                route,
-                json!({
-                    "requests": {"ok": r.ok, "error": r.error, "timeout": r.timeout},
-                    "compared": total,
-                    "match": r.matched,
-                    "mismatch": r.mismatched,
-                    "match_rate": rate(r.matched, total),
-                    "top_fields": top,
-                    "recent_mismatches": r.recent.iter().rev().cloned().collect::<Vec<_>>(),
-                }),
-            )
+            let mut entry = json!({
+                "requests": {"ok": r.ok, "error": r.error, "timeout": r.timeout},
+                "compared": total,
+                "match": r.matched,
+                "mismatch": r.mismatched,
+                "match_rate": rate(r.matched, total),
+                "top_fields": top,
+                "recent_mismatches": r.recent.iter().rev().cloned().collect::<Vec<_>>(),
+            });
+            if let Some(n) = noise.remove(route.as_str()) {
+                entry["noise"] = n;
+            }
+            (route, entry)
         })
         .collect();
     json!({"compared": compared, "match_rate": rate(matched, compared), "routes": routes})
@@ -118,7 +121,8 @@ fn rate(matched: u64, total: u64) -> Value {
     }
 }
 
-/// Forget everything (`DELETE /shadow/report`).
+/// Forget everything (`DELETE /shadow/report`), the learned noise included.
 pub fn reset() {
     REPORT.lock().unwrap().clear();
+    super::noise::reset();
 }
