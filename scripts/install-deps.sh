@@ -3,7 +3,8 @@
 # Debian packages (cmake and OpenSSL headers for Pingora, openssl for test certificates,
 # nginx and wrk for the load benchmark, redis-server for the Redis rate-limiting integration
 # tests, which start a real redis-server per test, prometheus for `promtool check rules` on
-# docker/observability/), the official MCP Python and TypeScript SDKs
+# docker/observability/), the official MCP Python and TypeScript SDKs, openapi-spec-validator
+# for the OpenAPI documents shadow mode writes,
 # the MCP integration tests drive the gateway with, and cargo-nextest when it is missing.
 set -euo pipefail
 
@@ -24,6 +25,12 @@ MCP_SDK_VERSION="2.3.0"
 if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("mcp"))' 2>/dev/null)" != "$MCP_SDK_VERSION" ]]; then
   echo "install-deps: installing the MCP Python SDK (mcp==$MCP_SDK_VERSION)"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "mcp==$MCP_SDK_VERSION"
+fi
+# The shadow tests validate the OpenAPI documents the gateway writes with a real validator.
+OPENAPI_VALIDATOR_VERSION="0.9.0"
+if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("openapi-spec-validator"))' 2>/dev/null)" != "$OPENAPI_VALIDATOR_VERSION" ]]; then
+  echo "install-deps: installing openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
 fi
 # ... and the official TypeScript SDK (tests/fixtures/ts, versions pinned by its lock file).
 TS_DIR="$(dirname "$0")/../tests/fixtures/ts"

@@ -84,6 +84,9 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        if path == "/uac" || path.starts_with("/uac/") {
+            return uac(session, &path).await;
+        }
         match path.as_str() {
             "/health" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/ready" => match self.not_ready_reason() {
@@ -146,7 +149,7 @@ impl ServeHttp for AdminApp {
             _ => reply(
                 404,
                 "application/json",
-                br#"{"error":"not found","endpoints":["/health","/ready","/metrics","/config","/shadow/report","/canary"]}"#
+                br#"{"error":"not found","endpoints":["/health","/ready","/metrics","/config","/shadow/report","/canary","/uac/contracts"]}"#
                     .to_vec(),
             ),
         }
@@ -201,4 +204,45 @@ fn set_canary(body: &[u8]) -> Response<Vec<u8>> {
         ),
         Err(e) => bad(e),
     }
+}
+
+/// `/uac/…`: shadow mode's contracts, observations, reviews and audit log (see
+/// `stoa_filters::uac::admin`).
+async fn uac(session: &mut ServerSession, path: &str) -> Response<Vec<u8>> {
+    let req = session.req_header();
+    let method = req.method.as_str().to_string();
+    let query = req.uri.query().unwrap_or("").to_string();
+    let headers = stoa_filters::exchange::header_pairs(req.headers.iter());
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = session.read_request_body().await {
+        if body.len() + chunk.len() > 64 * 1024 {
+            return reply(
+                413,
+                "application/json",
+                br#"{"error":"body too large","status":413}"#.to_vec(),
+            );
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let request = stoa_filters::uac::admin::AdminRequest {
+        method: &method,
+        path,
+        query: &query,
+        headers: &headers,
+        body: &body,
+    };
+    let Some(r) = stoa_filters::uac::admin::handle(&request).await else {
+        return reply(
+            404,
+            "application/json",
+            br#"{"error":"not found","status":404}"#.to_vec(),
+        );
+    };
+    let mut resp = reply(r.status, r.content_type, r.body);
+    for (k, v) in r.headers {
+        if let Ok(v) = http::HeaderValue::from_str(&v) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp
 }

@@ -48,6 +48,10 @@ pub struct GatewayConfig {
     pub chains: BTreeMap<String, Vec<Spanned<FilterConfig>>>,
     #[serde(default)]
     pub clusters: BTreeMap<String, Spanned<ClusterConfig>>,
+    /// Shadow capture and contract discovery (seed 004): used in `mode: shadow`, and in other
+    /// modes with `keep_observing: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Spanned<stoa_filters::uac::ShadowConfig>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -444,6 +448,67 @@ impl GatewayConfig {
             message: format!("cannot read config file: {e}"),
         })?;
         Self::parse(&text, Some(file))
+    }
+
+    /// Whether exchanges are captured for the shadow store: `mode: shadow`, or
+    /// `shadow.keep_observing: true` in another mode (seed 004's dual mode).
+    pub fn observing(&self) -> bool {
+        self.gateway.mode == Some(Mode::Shadow)
+            || self.shadow.as_ref().is_some_and(|s| s.value.keep_observing)
+    }
+
+    /// Check the `shadow:` section and, when observing, put a `shadow_capture` at the end of
+    /// every chain that routes to upstreams and has none.
+    pub fn add_shadow_capture(&mut self) -> Result<(), ConfigError> {
+        use stoa_filters::FilterConfig;
+        if let Some(s) = &self.shadow {
+            s.value.validate().map_err(|e| {
+                let (key, message) = e.split_once(": ").unwrap_or(("", &e));
+                ConfigError::new(format!("shadow.{key}"), line_of(s), message)
+            })?;
+        } else {
+            if self.gateway.mode == Some(Mode::Shadow) {
+                return Err(ConfigError::new(
+                    "shadow",
+                    None,
+                    "`mode: shadow` needs a `shadow:` section naming what may be captured (`opt_in`)",
+                ));
+            }
+            for (name, chain) in &self.chains {
+                for (i, f) in chain.iter().enumerate() {
+                    if matches!(
+                        f.value,
+                        FilterConfig::ShadowCapture(_) | FilterConfig::UacValidation(_)
+                    ) {
+                        return Err(ConfigError::new(
+                            format!("chains.{name}[{i}] ({})", f.value.type_name()),
+                            line_of(f),
+                            "needs a `shadow:` section (its store holds the captures and contracts)",
+                        ));
+                    }
+                }
+            }
+        }
+        if !self.observing() {
+            return Ok(());
+        }
+        for chain in self.chains.values_mut() {
+            let routes = chain
+                .iter()
+                .any(|f| matches!(f.value, FilterConfig::Router(_)));
+            let captures = chain
+                .iter()
+                .any(|f| matches!(f.value, FilterConfig::ShadowCapture(_)));
+            if routes && !captures {
+                let unknown = serde_saphyr::Location::UNKNOWN;
+                chain.push(Spanned::new(
+                    FilterConfig::ShadowCapture(Default::default()),
+                    unknown,
+                    unknown,
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whole-file checks that serde cannot express. Filter- and cluster-level checks happen when

@@ -57,6 +57,9 @@ struct Cli {
     /// Shadow mode's target backend (same as --upstream for the shadow preset).
     #[arg(long, env = "SHADOW_TARGET_BACKEND")]
     target: Option<String>,
+    /// Shadow preset: the SQLite file of captured samples and contracts.
+    #[arg(long, env = "SHADOW_STORE_PATH", default_value = "stoa-shadow.db")]
+    shadow_store: String,
     /// Sidecar mode: the gateway in front of this one (kong, apigee, webmethods, custom).
     #[arg(long, env = "SIDECAR_PRIMARY_GATEWAY")]
     primary_gateway: Option<String>,
@@ -115,6 +118,51 @@ enum Command {
         #[command(subcommand)]
         action: CanaryAction,
     },
+    /// Shadow mode's contracts through a running gateway's admin API (same address rules).
+    /// Every call is audited: give a `--reason`, and a reviewer's `--token` (or, when the
+    /// gateway has no reviewers configured, an `--actor` name).
+    Uac {
+        #[command(subcommand)]
+        action: UacAction,
+        /// Why you are reading or reviewing (recorded in the audit log).
+        #[arg(long, env = "STOA_AUDIT_REASON", global = true)]
+        reason: Option<String>,
+        /// A reviewer's bearer token (`shadow.reviewers`).
+        #[arg(long, env = "STOA_ADMIN_TOKEN", global = true, hide_env_values = true)]
+        token: Option<String>,
+        /// Your name, when the gateway has no reviewers configured (default: $USER).
+        #[arg(long, env = "USER", global = true)]
+        actor: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum UacAction {
+    /// Every API with captures or a contract, and its review status.
+    List,
+    /// Print an API's contract: OpenAPI 3.1 (`--format openapi`, YAML; `--json` for JSON) or
+    /// the UAC document (`--format uac`).
+    Export {
+        #[arg(long)]
+        api: String,
+        #[arg(long, value_enum, default_value = "openapi")]
+        format: ExportFormat,
+        #[arg(long)]
+        json: bool,
+        /// `approved` or `draft` (default: the approved version when there is one).
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Approve an API's current draft (it becomes the enforced, exported version).
+    Approve { api: String },
+    /// Reject an API's current draft.
+    Reject { api: String },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ExportFormat {
+    Openapi,
+    Uac,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -132,8 +180,21 @@ enum CanaryAction {
 
 fn main() {
     let cli = Cli::parse();
-    if let Some(Command::Canary { action }) = &cli.command {
-        std::process::exit(canary_command(&cli, action));
+    match &cli.command {
+        Some(Command::Canary { action }) => std::process::exit(canary_command(&cli, action)),
+        Some(Command::Uac {
+            action,
+            reason,
+            token,
+            actor,
+        }) => std::process::exit(uac_command(
+            &cli,
+            action,
+            reason.as_deref(),
+            token.as_deref(),
+            actor.as_deref(),
+        )),
+        None => {}
     }
     if let Some(dir) = &cli.test_policies {
         std::process::exit(test_policies(dir));
@@ -184,6 +245,12 @@ fn main() {
         let _ = std::io::stdout().write_all(report.as_bytes());
         std::process::exit(0);
     }
+    if let Err(mut e) = state.install_shadow() {
+        if e.file.is_none() {
+            e.file = cli.config.clone();
+        }
+        fail(&e.to_string())
+    }
     if let Some(pg) = &cli.primary_gateway {
         info!(primary_gateway = %pg, "sidecar: running behind the primary gateway");
     }
@@ -198,6 +265,89 @@ fn main() {
 
 /// `stoa-gateway canary get|set`: talk to the admin API; the exit code says how it went.
 fn canary_command(cli: &Cli, action: &CanaryAction) -> i32 {
+    admin_call(cli, |client, base| match action {
+        CanaryAction::Get => client.get(format!("{base}/canary")),
+        CanaryAction::Set { weight, name } => client
+            .post(format!("{base}/canary"))
+            .json(&serde_json::json!({ "weight": weight, "name": name })),
+    })
+}
+
+/// `stoa-gateway uac …`: the admin API's `/uac` endpoints.
+fn uac_command(
+    cli: &Cli,
+    action: &UacAction,
+    reason: Option<&str>,
+    token: Option<&str>,
+    actor: Option<&str>,
+) -> i32 {
+    let Some(reason) = reason.filter(|r| !r.trim().is_empty()) else {
+        eprintln!("stoa-gateway: uac: --reason is required (every read is audited)");
+        return 2;
+    };
+    let query = |extra: &[(&str, &str)]| {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("reason", reason);
+        for (k, v) in extra {
+            q.append_pair(k, v);
+        }
+        q.finish()
+    };
+    admin_call(cli, |client, base| {
+        let req = match action {
+            UacAction::List => client.get(format!("{base}/uac/contracts?{}", query(&[]))),
+            UacAction::Export {
+                api,
+                format: ExportFormat::Uac,
+                ..
+            } => client.get(format!(
+                "{base}/uac/contracts/{}?{}",
+                form_urlencoded::byte_serialize(api.as_bytes()).collect::<String>(),
+                query(&[])
+            )),
+            UacAction::Export {
+                api,
+                format: ExportFormat::Openapi,
+                json,
+                source,
+            } => {
+                let mut extra = vec![
+                    ("api", api.as_str()),
+                    ("format", if *json { "json" } else { "yaml" }),
+                ];
+                if let Some(s) = source {
+                    extra.push(("source", s.as_str()));
+                }
+                client.get(format!("{base}/uac/openapi?{}", query(&extra)))
+            }
+            UacAction::Approve { api } | UacAction::Reject { api } => {
+                let verb = if matches!(action, UacAction::Approve { .. }) {
+                    "approve"
+                } else {
+                    "reject"
+                };
+                client
+                    .post(format!(
+                        "{base}/uac/contracts/{}/{verb}",
+                        form_urlencoded::byte_serialize(api.as_bytes()).collect::<String>()
+                    ))
+                    .json(&serde_json::json!({ "reason": reason }))
+            }
+        };
+        match (token, actor) {
+            (Some(t), _) => req.bearer_auth(t),
+            (None, Some(a)) => req.header("x-stoa-actor", a),
+            (None, None) => req,
+        }
+    })
+}
+
+/// One call to the admin API (address: --admin-address, else the config file's, else the
+/// default); prints the answer, and the exit code says how it went.
+fn admin_call(
+    cli: &Cli,
+    request: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+) -> i32 {
     let admin = cli.admin_address.clone().unwrap_or_else(|| {
         cli.config
             .as_ref()
@@ -205,7 +355,7 @@ fn canary_command(cli: &Cli, action: &CanaryAction) -> i32 {
             .map(|c| c.admin.address)
             .unwrap_or_else(config::default_admin)
     });
-    let url = format!("http://{admin}/canary");
+    let base = format!("http://{admin}");
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -216,32 +366,24 @@ fn canary_command(cli: &Cli, action: &CanaryAction) -> i32 {
             return 1;
         }
     };
+    let client = reqwest::Client::new();
+    let req = request(&client, &base).timeout(std::time::Duration::from_secs(30));
     let outcome = runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let req = match action {
-            CanaryAction::Get => client.get(&url),
-            CanaryAction::Set { weight, name } => client
-                .post(&url)
-                .json(&serde_json::json!({ "weight": weight, "name": name })),
-        };
-        let resp = req
-            .timeout(std::time::Duration::from_secs(10))
-            .send()
-            .await?;
+        let resp = req.send().await?;
         let status = resp.status();
         Ok::<_, reqwest::Error>((status, resp.text().await?))
     });
     match outcome {
         Ok((status, body)) if status.is_success() => {
-            println!("{body}");
+            println!("{}", body.trim_end());
             0
         }
         Ok((status, body)) => {
-            eprintln!("stoa-gateway: {url}: {status}: {body}");
+            eprintln!("stoa-gateway: {base}: {status}: {body}");
             1
         }
         Err(e) => {
-            eprintln!("stoa-gateway: {url}: {e}");
+            eprintln!("stoa-gateway: {base}: {}", e.without_url());
             1
         }
     }
@@ -306,6 +448,7 @@ fn load_config(cli: &Cli) -> Result<GatewayConfig, String> {
         },
         opa_endpoint: cli.opa_endpoint.as_deref(),
         mcp_upstreams: &cli.mcp_upstream,
+        shadow_store: &cli.shadow_store,
     })
     .map_err(|e| e.to_string())
 }

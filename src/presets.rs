@@ -15,6 +15,8 @@ pub struct PresetArgs<'a> {
     pub opa_endpoint: Option<&'a str>,
     /// `--mcp-upstream [NAME=]URL`: the edge-mcp preset terminates MCP and federates these.
     pub mcp_upstreams: &'a [String],
+    /// The shadow preset's store file (`--shadow-store`, `SHADOW_STORE_PATH`).
+    pub shadow_store: &'a str,
 }
 
 pub struct Keycloak<'a> {
@@ -142,10 +144,12 @@ pub fn preset_yaml(a: &PresetArgs) -> Result<String, String> {
             };
             (
                 format!(
-                    "    - type: router\n      routes:\n        - name: upstream\n          match: {{ path_prefix: / }}\n          cluster: upstream\n          preserve_host: {}\n",
+                    "    - type: router\n      routes:\n        - name: upstream\n          match: {{ path_prefix: / }}\n          cluster: upstream\n          preserve_host: {}\n          forwarded_for: {}\n",
                     // A sidecar and a shadow sit in front of an existing service: keep its
                     // virtual hosts working.
-                    matches!(a.mode, Mode::Sidecar | Mode::Shadow)
+                    matches!(a.mode, Mode::Sidecar | Mode::Shadow),
+                    // Shadow mode passes requests through unmodified.
+                    a.mode != Mode::Shadow
                 ),
                 format!("clusters:\n  upstream:\n    endpoints: [\"{endpoint}\"]{tls_block}\n"),
             )
@@ -157,8 +161,28 @@ pub fn preset_yaml(a: &PresetArgs) -> Result<String, String> {
     } else {
         String::new()
     };
+    // Shadow mode observes without touching: no request id header, and the target is opted
+    // in for capture (seed 004's one-line start).
+    let (request_id, shadow) = match (a.mode, upstream) {
+        (Mode::Shadow, Some(target)) => {
+            let (endpoint, _) = upstream_endpoint(target)?;
+            let api = endpoint
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(&endpoint);
+            (
+                "",
+                format!(
+                    "shadow:\n  store:\n    path: {}\n  opt_in:\n    - name: {}\n",
+                    quoted(a.shadow_store),
+                    quoted(api)
+                ),
+            )
+        }
+        _ => ("    - type: request_id\n", String::new()),
+    };
     Ok(format!(
-        "# preset for --mode={mode}\ngateway:\n  mode: {mode}\nadmin:\n  address: \"{admin}\"\nlisteners:\n  - name: {mode}\n    address: \"0.0.0.0:{port}\"\n    chains: [{mode}]\nchains:\n  {mode}:\n    - type: request_id\n    - type: access_log\n{extra}{router}{security}{mcp}{clusters}",
+        "# preset for --mode={mode}\ngateway:\n  mode: {mode}\nadmin:\n  address: \"{admin}\"\nlisteners:\n  - name: {mode}\n    address: \"0.0.0.0:{port}\"\n    chains: [{mode}]\nchains:\n  {mode}:\n{request_id}    - type: access_log\n{extra}{router}{security}{mcp}{clusters}{shadow}",
         mode = a.mode,
         admin = a.admin_address,
         port = a.port,
@@ -185,6 +209,7 @@ mod tests {
                 keycloak: None,
                 opa_endpoint: None,
                 mcp_upstreams: &[],
+                shadow_store: "stoa-shadow.db",
             })
             .unwrap();
             cfg.validate().unwrap();
@@ -206,6 +231,7 @@ mod tests {
             }),
             opa_endpoint: Some("http://opa:8181"),
             mcp_upstreams: &[],
+            shadow_store: "stoa-shadow.db",
         };
         let proxy = preset_yaml(&args(Mode::Proxy, Some("stoa-gateway"))).unwrap();
         assert!(proxy.contains("type: jwt"));
@@ -242,6 +268,7 @@ mod tests {
             keycloak: None,
             opa_endpoint: None,
             mcp_upstreams: &flags,
+            shadow_store: "stoa-shadow.db",
         };
         let y = preset_yaml(&args(Mode::EdgeMcp, None)).unwrap();
         assert!(

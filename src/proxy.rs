@@ -312,7 +312,8 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        if let Some(ip) = ctx.req.client_ip {
+        let forwarded_for = ctx.req.route.as_ref().is_none_or(|r| r.forwarded_for);
+        if let (Some(ip), true) = (ctx.req.client_ip, forwarded_for) {
             let xff = match upstream.headers.get("x-forwarded-for") {
                 Some(prev) => format!("{}, {ip}", String::from_utf8_lossy(prev.as_bytes())),
                 None => ip.to_string(),

@@ -64,8 +64,9 @@ pub type SharedState = Arc<ArcSwap<GatewayState>>;
 
 impl GatewayState {
     /// Validate and build everything; nothing is shared with a previous version.
-    pub fn build(config: GatewayConfig, version: u64) -> Result<Self, ConfigError> {
+    pub fn build(mut config: GatewayConfig, version: u64) -> Result<Self, ConfigError> {
         config.validate()?;
+        config.add_shadow_capture()?;
         let mut clusters = HashMap::new();
         for (name, c) in &config.clusters {
             let cluster = Cluster::build(name, &c.value)
@@ -102,6 +103,18 @@ impl GatewayState {
             chains,
             clusters,
         })
+    }
+
+    /// Open the shadow store (first time) or apply the `shadow:` settings (reloads); before
+    /// the state serves, so a store that cannot open fails the start or the reload.
+    pub fn install_shadow(&self) -> Result<(), ConfigError> {
+        match &self.config.shadow {
+            Some(s) => stoa_filters::uac::install(&s.value).map_err(|e| {
+                let (key, message) = e.split_once(": ").unwrap_or(("", &e));
+                ConfigError::new(format!("shadow.{key}"), line_of(s), message)
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Tell every filter its config version is about to serve (starts key prefetches, ...).

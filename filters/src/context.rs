@@ -75,6 +75,8 @@ pub struct RouteTarget {
     pub upstream_path: Option<String>,
     /// Keep the client's `Host` header instead of the upstream's authority.
     pub preserve_host: bool,
+    /// Append the client's address to `X-Forwarded-For`.
+    pub forwarded_for: bool,
     /// The route's authentication requirements, when it sets any.
     pub access: Option<Arc<RouteAccess>>,
 }

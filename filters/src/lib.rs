@@ -7,6 +7,7 @@ pub mod body_limit;
 pub mod canary;
 pub mod context;
 pub mod cors;
+pub mod exchange;
 pub mod filter;
 pub mod headers;
 pub mod jwt;
@@ -20,6 +21,7 @@ pub mod registry;
 pub mod request_id;
 pub mod router;
 pub mod template;
+pub mod uac;
 pub mod units;
 
 pub use context::{RequestCtx, RouteTarget};

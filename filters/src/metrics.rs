@@ -4,9 +4,9 @@
 use once_cell::sync::Lazy;
 use prometheus::{
     register_gauge_vec_with_registry, register_histogram_vec_with_registry,
-    register_int_counter_vec_with_registry, register_int_gauge_vec_with_registry,
-    register_int_gauge_with_registry, GaugeVec, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Registry,
+    register_int_counter_vec_with_registry, register_int_counter_with_registry,
+    register_int_gauge_vec_with_registry, register_int_gauge_with_registry, GaugeVec, HistogramVec,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
 
 pub struct FilterMetrics {
@@ -47,6 +47,15 @@ pub struct FilterMetrics {
     pub shadow_baseline_requests: IntCounterVec,
     /// `mcp_shadow_noise_differences_total{route,field}`: candidate differences taken for noise.
     pub shadow_noise_differences: IntCounterVec,
+    /// `stoa_shadow_captures_total{api,result}`: exchanges the `shadow_capture` filter saw.
+    pub shadow_captures: IntCounterVec,
+    /// `stoa_shadow_purged_samples_total`: samples removed by retention.
+    pub shadow_purged: IntCounter,
+    /// `stoa_shadow_store_evictions_total`: times the store dropped its oldest tenth to stay
+    /// under `max_size`.
+    pub shadow_store_evictions: IntCounter,
+    /// `stoa_uac_validation_total{contract,result}`: requests checked by `uac_validation`.
+    pub uac_violations: IntCounterVec,
     /// `stoa_canary_weight{canary}`: the share of traffic (percent) sent to the candidate.
     pub canary_weight: GaugeVec,
     /// `stoa_canary_requests_total{canary,backend,status}`: requests by the side that served
@@ -140,6 +149,28 @@ pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
             "mcp_shadow_baseline_requests_total",
             "Copies sent to the noise baseline (a second primary), by route and outcome (ok, error, timeout)",
             &["route", "status"],
+        ),
+        shadow_captures: counter(
+            "stoa_shadow_captures_total",
+            "Exchanges seen by shadow_capture, by API and result (queued, queued_without_bodies, dropped_queue_full, not_opted_in, no_response)",
+            &["api", "result"],
+        ),
+        shadow_purged: register_int_counter_with_registry!(
+            "stoa_shadow_purged_samples_total",
+            "Captured samples removed by the shadow retention",
+            registry
+        )
+        .expect("metric"),
+        shadow_store_evictions: register_int_counter_with_registry!(
+            "stoa_shadow_store_evictions_total",
+            "Times the shadow store dropped its oldest tenth of samples to stay under max_size",
+            registry
+        )
+        .expect("metric"),
+        uac_violations: counter(
+            "stoa_uac_validation_total",
+            "Requests checked by uac_validation, by contract and result (none, no_contract, or the violation kind)",
+            &["contract", "result"],
         ),
         shadow_noise_differences: counter(
             "mcp_shadow_noise_differences_total",

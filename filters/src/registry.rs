@@ -20,6 +20,8 @@ use crate::opa::{Opa, OpaConfig};
 use crate::rate_limit::{RateLimit, RateLimitConfig};
 use crate::request_id::{RequestId, RequestIdConfig};
 use crate::router::{Router, RouterConfig};
+use crate::uac::validate::{UacValidation, UacValidationConfig};
+use crate::uac::{ShadowCapture, ShadowCaptureConfig};
 
 /// One entry of a chain in the config file, selected by its `type:` key, which must come first
 /// so the rest of the entry is read straight into the filter's own config struct (errors then
@@ -40,6 +42,8 @@ pub enum FilterConfig {
     Mcp(McpConfig),
     Mirror(MirrorConfig),
     Canary(CanaryConfig),
+    ShadowCapture(ShadowCaptureConfig),
+    UacValidation(UacValidationConfig),
 }
 
 /// The filter type names the registry knows.
@@ -56,6 +60,8 @@ pub const FILTER_TYPES: &[&str] = &[
     "mcp",
     "mirror",
     "canary",
+    "shadow_capture",
+    "uac_validation",
 ];
 
 impl<'de> Deserialize<'de> for FilterConfig {
@@ -98,6 +104,12 @@ impl<'de> Visitor<'de> for FilterConfigVisitor {
             "mcp" => FilterConfig::Mcp(McpConfig::deserialize(rest)?),
             "mirror" => FilterConfig::Mirror(MirrorConfig::deserialize(rest)?),
             "canary" => FilterConfig::Canary(CanaryConfig::deserialize(rest)?),
+            "shadow_capture" => {
+                FilterConfig::ShadowCapture(ShadowCaptureConfig::deserialize(rest)?)
+            }
+            "uac_validation" => {
+                FilterConfig::UacValidation(UacValidationConfig::deserialize(rest)?)
+            }
             other => return Err(de::Error::unknown_variant(other, FILTER_TYPES)),
         })
     }
@@ -124,6 +136,8 @@ impl FilterConfig {
             FilterConfig::Mcp(_) => "mcp",
             FilterConfig::Mirror(_) => "mirror",
             FilterConfig::Canary(_) => "canary",
+            FilterConfig::ShadowCapture(_) => "shadow_capture",
+            FilterConfig::UacValidation(_) => "uac_validation",
         }
     }
 }
@@ -143,5 +157,7 @@ pub fn build_filter(cfg: &FilterConfig, bctx: &BuildContext) -> Result<Arc<dyn F
         FilterConfig::Mcp(c) => Arc::new(Mcp::build(c)?),
         FilterConfig::Mirror(c) => Arc::new(Mirror::build(c)?),
         FilterConfig::Canary(c) => Arc::new(Canary::build(c, bctx)?),
+        FilterConfig::ShadowCapture(_) => Arc::new(ShadowCapture),
+        FilterConfig::UacValidation(c) => Arc::new(UacValidation::build(c)?),
     })
 }

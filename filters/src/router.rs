@@ -40,6 +40,10 @@ pub struct RouteConfig {
     pub strip_path: bool,
     #[serde(default)]
     pub preserve_host: bool,
+    /// Append the client's address to `X-Forwarded-For` upstream (off: the request goes as
+    /// the client sent it, as shadow mode's passthrough wants).
+    #[serde(default = "yes")]
+    pub forwarded_for: bool,
     /// `required` (default), `optional` or `anonymous`; read by a `jwt` filter later in the chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<crate::context::RouteAuth>,
@@ -98,11 +102,16 @@ enum HostMatch {
     Suffix(String),
 }
 
+fn yes() -> bool {
+    true
+}
+
 enum RouteAction {
     Cluster {
         cluster: Arc<str>,
         strip_path: bool,
         preserve_host: bool,
+        forwarded_for: bool,
     },
     Respond(LocalResponse),
 }
@@ -207,6 +216,7 @@ impl Router {
                         cluster: c.as_str().into(),
                         strip_path: r.strip_path,
                         preserve_host: r.preserve_host,
+                        forwarded_for: r.forwarded_for,
                     }
                 }
                 (None, Some(resp)) => {
@@ -363,6 +373,7 @@ impl Filter for Router {
                     cluster: "-".into(),
                     upstream_path: None,
                     preserve_host: false,
+                    forwarded_for: true,
                     access: None,
                 });
                 Ok(FilterAction::Respond(resp.clone()))
@@ -370,6 +381,7 @@ impl Filter for Router {
             RouteAction::Cluster {
                 cluster,
                 preserve_host,
+                forwarded_for,
                 ..
             } => {
                 ctx.route = Some(RouteTarget {
@@ -377,6 +389,7 @@ impl Filter for Router {
                     cluster: cluster.clone(),
                     upstream_path: rewritten,
                     preserve_host: *preserve_host,
+                    forwarded_for: *forwarded_for,
                     access: route.access.clone(),
                 });
                 Ok(FilterAction::Continue)

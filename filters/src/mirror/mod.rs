@@ -1,8 +1,8 @@
 //! Shadow traffic: the `mirror` filter tees a sample of live requests to a candidate backend
 //! and compares its answers with the primary's (see `compare`). The client only ever sees the
-//! primary's response: the copy is sent after the primary answered, off the request path, with
-//! its own timeout and a cap on copies in flight, so a slow or dead candidate changes nothing
-//! for the client. Requests are sampled by a deterministic hash of a configurable key; methods
+//! primary's response: the copy is sent after the primary answered, off the request path (on
+//! the idle-priority runtime, so copies only use spare CPU), with its own timeout and a cap on
+//! copies in flight, so a slow or dead candidate changes nothing for the client. Requests are sampled by a deterministic hash of a configurable key; methods
 //! that are not idempotent are mirrored only on the routes that allow it; copies carry a marker
 //! header; bodies over `max_body` are counted as skipped. Outcomes are the runbook's metrics
 //! (`mcp_shadow_requests_total{route,status}`, `mcp_shadow_match_total{route,result}`) plus the
@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::context::RequestCtx;
+use crate::exchange::{header_pairs, Exchange};
 use crate::filter::{phase, Filter, FilterAction};
 use crate::metrics::FILTER_METRICS;
 use crate::template::Template;
@@ -148,48 +149,10 @@ const NOT_COPIED: &[&str] = &[
     "host",
 ];
 
-/// What one mirrored request has gathered so far.
-#[derive(Default)]
-struct Capture {
-    method: reqwest::Method,
-    path_and_query: String,
-    headers: Vec<(String, String)>,
-    request_body: Vec<u8>,
-    status: u16,
-    response_headers: Vec<(String, String)>,
-    response_body: Vec<u8>,
-    too_large: bool,
-}
-
-impl Capture {
-    /// A body chunk kept unless the whole exceeds `max` (then the copy is off).
-    fn keep(&mut self, response: bool, chunk: &Bytes, max: usize) {
-        if self.too_large {
-            return;
-        }
-        let buf = if response {
-            &mut self.response_body
-        } else {
-            &mut self.request_body
-        };
-        if buf.len() + chunk.len() > max {
-            self.too_large = true;
-            self.request_body.clear();
-            self.response_body.clear();
-        } else {
-            buf.extend_from_slice(chunk);
-        }
-    }
-}
-
-/// Header pairs with text values (names lower case, as `http` keeps them).
-fn header_pairs<'a>(
-    headers: impl Iterator<Item = (&'a http::HeaderName, &'a http::HeaderValue)>,
-) -> Vec<(String, String)> {
-    headers
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-        .collect()
-}
+/// The exchange a mirrored request gathers (its own type in the extensions, so a chain can
+/// also hold a `shadow_capture`).
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Exchange>>);
 
 pub struct Mirror {
     url: String,
@@ -321,25 +284,12 @@ impl Filter for Mirror {
         if !everything && !self.sampled(&self.sample_key.render(session, ctx)) {
             return Ok(FilterAction::Continue);
         }
-        let req = session.req_header();
-        let headers = header_pairs(
-            req.headers
-                .iter()
-                .filter(|(k, _)| !NOT_COPIED.contains(&k.as_str())),
-        );
-        let path_and_query = req
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
+        let mut exchange = Exchange::of_request(session.req_header());
+        exchange
+            .headers
+            .retain(|(k, _)| !NOT_COPIED.contains(&k.as_str()));
         ctx.extensions
-            .insert(Arc::new(std::sync::Mutex::new(Capture {
-                method: reqwest::Method::from_bytes(method.as_bytes())
-                    .unwrap_or(reqwest::Method::GET),
-                path_and_query,
-                headers,
-                ..Capture::default()
-            })));
+            .insert(Capture(Arc::new(std::sync::Mutex::new(exchange))));
         Ok(FilterAction::Continue)
     }
 
@@ -363,9 +313,7 @@ impl Filter for Mirror {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(c) = capture(ctx) {
-            let mut c = c.lock().unwrap();
-            c.status = response.status.as_u16();
-            c.response_headers = header_pairs(response.headers.iter());
+            c.lock().unwrap().respond(response);
         }
         Ok(())
     }
@@ -401,7 +349,7 @@ impl Filter for Mirror {
             return;
         };
         // The baseline is a primary: it gets only what may safely be sent twice.
-        let idempotent = self.methods.iter().any(|m| m == capture.method.as_str());
+        let idempotent = self.methods.contains(&capture.method);
         let shot = Shot {
             url: self.url.clone(),
             baseline_url: self
@@ -419,17 +367,15 @@ impl Filter for Mirror {
             comparator: self.comparator.clone(),
             client: self.client.clone(),
         };
-        crate::background::handle().spawn(async move {
+        crate::background::idle_handle().spawn(async move {
             shot.fire().await;
             drop(permit);
         });
     }
 }
 
-fn capture(ctx: &RequestCtx) -> Option<Arc<std::sync::Mutex<Capture>>> {
-    ctx.extensions
-        .get::<Arc<std::sync::Mutex<Capture>>>()
-        .cloned()
+fn capture(ctx: &RequestCtx) -> Option<Arc<std::sync::Mutex<Exchange>>> {
+    ctx.extensions.get::<Capture>().map(|c| c.0.clone())
 }
 
 /// A response: status, headers, body.
@@ -443,7 +389,7 @@ struct Shot {
     baseline_url: Option<String>,
     /// With a baseline configured: how far above the noise a difference must be.
     noise_margin: Option<f64>,
-    capture: Capture,
+    capture: Exchange,
     route: String,
     request_id: String,
     timeout: Duration,
@@ -457,9 +403,10 @@ impl Shot {
     /// The copy sent to `base`: the answer, or `error`/`timeout`.
     async fn send(&self, base: &str) -> std::result::Result<Answer, &'static str> {
         let c = &self.capture;
+        let method = reqwest::Method::from_bytes(c.method.as_bytes()).unwrap_or_default();
         let mut req = self
             .client
-            .request(c.method.clone(), format!("{base}{}", c.path_and_query));
+            .request(method, format!("{base}{}", c.path_and_query));
         for (k, v) in &c.headers {
             req = req.header(k, v);
         }
@@ -547,8 +494,8 @@ impl Shot {
         }
         report::record_comparison(
             &self.route,
-            self.capture.method.as_str(),
-            self.path(),
+            &self.capture.method,
+            self.capture.path(),
             &self.request_id,
             &differences,
         );
@@ -566,11 +513,6 @@ impl Shot {
         }
     }
 
-    /// The request's path, without its query (which may carry secrets).
-    fn path(&self) -> &str {
-        self.capture.path_and_query.split('?').next().unwrap_or("")
-    }
-
     /// One JSON line per mismatch: `grep "Shadow MISMATCH" | jq '.path'` works.
     fn log_mismatch(&self, differences: &[Difference]) {
         for d in differences {
@@ -581,7 +523,7 @@ impl Shot {
         }
         // At most 10 fields in the line (the count says how many there were).
         let shown: Vec<&Difference> = differences.iter().take(10).collect();
-        let path = self.path();
+        let path = self.capture.path();
         warn!(
             method = %self.capture.method,
             path = %path,
@@ -614,14 +556,5 @@ mod tests {
         assert!(Mirror::build(&cfg).unwrap().sampled("x"));
         cfg.percent = 101.0;
         assert!(Mirror::build(&cfg).is_err());
-    }
-
-    #[test]
-    fn bodies_over_the_limit_are_dropped() {
-        let mut c = Capture::default();
-        c.keep(false, &Bytes::from_static(b"12345"), 8);
-        assert_eq!((c.request_body.len(), c.too_large), (5, false));
-        c.keep(true, &Bytes::from_static(b"123456789"), 8);
-        assert!(c.too_large && c.request_body.is_empty() && c.response_body.is_empty());
     }
 }
