@@ -35,9 +35,9 @@ static IDLE_RUNTIME: Lazy<Runtime> = Lazy::new(|| {
         .expect("the idle runtime starts")
 });
 
-/// This thread gets CPU only when nothing else wants it (Linux `SCHED_IDLE`; elsewhere, or if
+/// The calling thread gets CPU only when nothing else wants it (Linux `SCHED_IDLE`; elsewhere, or if
 /// refused, it stays as it is).
-fn lowest_priority() {
+pub fn lowest_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid, zeroed param.
     unsafe {

@@ -347,8 +347,11 @@ pub fn install(cfg: &ShadowConfig) -> std::result::Result<(), String> {
                 let token = r
                     .token
                     .clone()
-                    .or_else(|| r.token_env.as_deref().and_then(|e| std::env::var(e).ok()))?;
-                Some((token, r.name.clone()))
+                    .or_else(|| r.token_env.as_deref().and_then(|e| std::env::var(e).ok()));
+                if token.is_none() {
+                    warn!(reviewer = %r.name, env = ?r.token_env, "shadow reviewer has no token (its environment variable is unset): it cannot call /uac");
+                }
+                Some((token?, r.name.clone()))
             })
             .collect(),
         cfg: cfg.clone(),
@@ -403,7 +406,10 @@ impl Observatory {
     }
 
     /// The worker: masks and stores what the filters queued, and purges on schedule.
+    /// Idle priority: storing samples never takes CPU from serving requests (a saturated
+    /// gateway fills the queue instead, and samples are dropped, counted).
     fn run(self: Arc<Self>, rx: Receiver<Raw>) {
+        crate::background::lowest_priority();
         let mut last_purge = Instant::now() - Duration::from_secs(3600);
         loop {
             let retention = self.settings().cfg.retention.0;
@@ -571,6 +577,16 @@ struct Captured {
     exchange: Arc<Mutex<Exchange>>,
 }
 
+/// A body chunk kept in the captured exchange (up to `capture.max_body`).
+fn keep_chunk(ctx: &RequestCtx, response: bool, chunk: Option<&Bytes>) {
+    if let (Some(chunk), Some(c), Some(obs)) =
+        (chunk, ctx.extensions.get::<Captured>(), observatory())
+    {
+        let max = obs.settings().cfg.capture.max_body.0 as usize;
+        c.exchange.lock().unwrap().keep(response, chunk, max);
+    }
+}
+
 /// `shadow_capture`: records opted-in exchanges for the shadow store; changes nothing.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -646,14 +662,7 @@ impl Filter for ShadowCapture {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(chunk), Some(c), Some(obs)) = (
-            body.as_ref(),
-            ctx.extensions.get::<Captured>(),
-            observatory(),
-        ) {
-            let max = obs.settings().cfg.capture.max_body.0 as usize;
-            c.exchange.lock().unwrap().keep(false, chunk, max);
-        }
+        keep_chunk(ctx, false, body.as_ref());
         Ok(())
     }
 
@@ -675,14 +684,7 @@ impl Filter for ShadowCapture {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(chunk), Some(c), Some(obs)) = (
-            body.as_ref(),
-            ctx.extensions.get::<Captured>(),
-            observatory(),
-        ) {
-            let max = obs.settings().cfg.capture.max_body.0 as usize;
-            c.exchange.lock().unwrap().keep(true, chunk, max);
-        }
+        keep_chunk(ctx, true, body.as_ref());
         Ok(())
     }
 

@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
-# Mirroring benchmark: what the `mirror` filter costs the client. The same gateway config with
-# and without a `mirror` filter (every request copied to a candidate, answers compared), in one
-# invocation, alternating off/on for ROUNDS rounds:
+# Shadow benchmarks: what the client pays for the gateway watching its traffic. The same gateway
+# config with and without the feature, in one invocation, alternating off/on for ROUNDS rounds:
+#   FEATURE=mirror (default): a `mirror` filter, every request copied to a candidate and the
+#     answers compared;
+#   FEATURE=capture: shadow capture (`shadow.keep_observing`), every exchange masked and stored
+#     in SQLite.
 #   - saturation: `oha -c CONNECTIONS` closed loop for DURATION -> req/s, p50, p99;
 #   - fixed rate: `oha -q RATE --latency-correction` over the same connections -> p50, p99,
 #     p99.9 below saturation (the gateway's own latency rather than queueing).
-# Ratios on/off per round, and their median. The mirror's metrics say how many copies went out
-# and matched (a copy skipped for the concurrency cap would make "on" look cheaper: reported).
+# Ratios on/off per round, and their median. The metrics say how much work "on" really did
+# (copies sent and matched, or samples queued; skipped or dropped ones are reported, since
+# they would make "on" look cheaper).
 #
 #   cargo build --release --bin stoa-gateway
 #   cargo install --locked oha --root target/tools     # once
-#   bash benches/mirror.sh                              # writes benches/results/mirror-latest.md
+#   bash benches/shadow.sh                              # writes benches/results/mirror-latest.md
+#   FEATURE=capture bash benches/shadow.sh              # writes benches/results/capture-latest.md
 #
 # Layout (2-core machine): the gateway pinned to CPU 0 with one worker thread (its background
 # runtime, which sends the copies, shares that CPU); nginx (1 worker) serving the primary and,
 # on a second port, the candidate (the same ~2.4 KB JSON order, keys in another order and a
 # timestamp moved on, so every comparison is real work and a match), and oha on CPU 1.
 #
-# Environment: ROUNDS [3]  DURATION [8s]  CONNECTIONS [50]  RATE [5000]  STOA_BIN  NGINX  OHA
+# Environment: FEATURE [mirror]  ROUNDS [3]  DURATION [8s]  CONNECTIONS [50]  RATE [5000]
+#              STOA_BIN  NGINX  OHA
 set -u -o pipefail
 {
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+FEATURE="${FEATURE:-mirror}"
+case "$FEATURE" in mirror|capture) ;; *) echo "FEATURE: mirror or capture" >&2; exit 2 ;; esac
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-8s}"
 CONNECTIONS="${CONNECTIONS:-50}"
@@ -29,8 +37,8 @@ RATE="${RATE:-5000}"
 STOA_BIN="${STOA_BIN:-$ROOT/target/release/stoa-gateway}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 OHA="${OHA:-$(command -v oha || echo "$ROOT/target/tools/bin/oha")}"
-RESULTS="${RESULTS:-$ROOT/benches/results/mirror-latest.md}"
-log() { printf '[mirror %(%T)T] %s\n' -1 "$*" >&2; }
+RESULTS="${RESULTS:-$ROOT/benches/results/$FEATURE-latest.md}"
+log() { printf '[%s %(%T)T] %s\n' "$FEATURE" -1 "$*" >&2; }
 for t in "$STOA_BIN" "$NGINX" "$OHA"; do [ -x "$t" ] || { log "missing $t"; exit 1; }; done
 
 TMP="$(mktemp -d)"
@@ -91,7 +99,7 @@ chains:
       routes:
         - { name: orders, match: { path_prefix: / }, cluster: primary }
 YAML
-  [ "$1" = on ] && cat <<YAML
+  [ "$1" = on ] && [ "$FEATURE" = mirror ] && cat <<YAML
     - type: mirror
       url: "http://127.0.0.1:$CAND"
       percent: 100
@@ -102,6 +110,13 @@ YAML
 clusters:
   primary: { endpoints: ["127.0.0.1:$UP"] }
 YAML
+  [ "$1" = on ] && [ "$FEATURE" = capture ] && cat <<YAML
+shadow:
+  keep_observing: true
+  store: { path: "$TMP/shadow-$2.db" }
+  opt_in: [{ name: orders, path_prefix: / }]
+YAML
+  true
 }
 
 oha_json() { # oha_json FILE -> "rps p50us p99us p999us failed"
@@ -122,7 +137,7 @@ metric_sum() { # metric_sum NAME [label filter] -> the sum of the matching serie
 
 measure() { # measure on|off ROUND -> "rps p50 p99 failed | rate_p50 rate_p99 rate_p999 | copies matched skipped"
   local mode="$1" round="$2"
-  config "$mode" >"$TMP/gw-$mode.yaml"
+  config "$mode" "$round" >"$TMP/gw-$mode.yaml"
   taskset -c 0 "$STOA_BIN" -c "$TMP/gw-$mode.yaml" >"$TMP/gw-$mode-$round.log" 2>&1 & local pid=$!
   for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/ready" && break; sleep 0.05; done
   if ! curl -sf -o /dev/null "http://127.0.0.1:$GW/order"; then
@@ -140,9 +155,15 @@ measure() { # measure on|off ROUND -> "rps p50 p99 failed | rate_p50 rate_p99 ra
   sat="$(oha_json "$TMP/sat-$mode-$round.json")"
   rate="$(oha_json "$TMP/rate-$mode-$round.json")"
   total="$(metric_sum stoa_requests_total)"
-  copies="$(metric_sum mcp_shadow_requests_total 'status="ok"')"
-  matched="$(metric_sum mcp_shadow_match_total 'result="match"')"
-  skipped="$(metric_sum mcp_shadow_skipped_total)"
+  if [ "$FEATURE" = mirror ]; then
+    copies="$(metric_sum mcp_shadow_requests_total 'status="ok"')"
+    matched="$(metric_sum mcp_shadow_match_total 'result="match"')"
+    skipped="$(metric_sum mcp_shadow_skipped_total)"
+  else
+    copies="$(metric_sum stoa_shadow_captures_total 'result="queued"')"
+    matched="$(curl -s -H 'x-stoa-actor: bench' "http://127.0.0.1:$ADMIN/uac/observations?api=orders&limit=1&reason=benchmark" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])' 2>/dev/null)"
+    skipped="$(metric_sum stoa_shadow_captures_total 'result="dropped_queue_full"')"
+  fi
   kill "$pid"; wait "$pid" 2>/dev/null
   echo "$sat $rate $total $copies $matched $skipped"
 }
@@ -151,9 +172,9 @@ declare -A R
 ROWS=""
 for ((round = 1; round <= ROUNDS; round++)); do
   for mode in off on; do
-    log "round $round: mirroring $mode"
+    log "round $round: $FEATURE $mode"
     R[$mode]="$(measure "$mode" "$round")" || exit 1
-    log "round $round: mirroring $mode: ${R[$mode]} (sat rps p50 p99 p99.9 failed, rate rps p50 p99 p99.9 failed, requests copies matched skipped)"
+    log "round $round: $FEATURE $mode: ${R[$mode]} (sat rps p50 p99 p99.9 failed, rate rps p50 p99 p99.9 failed, requests copies matched skipped)"
   done
   read -r orps o50 o99 _ ofail _ or50 or99 or999 orfail _ _ _ _ <<<"${R[off]}"
   read -r nrps n50 n99 _ nfail _ nr50 nr99 nr999 nrfail ntotal ncopies nmatched nskipped <<<"${R[on]}"
@@ -171,15 +192,20 @@ log "median on/off: throughput $MED_TPUT (target >= 0.9), p99 at $RATE req/s $ME
 
 mkdir -p "$(dirname "$RESULTS")"
 {
-  echo "# Mirroring benchmark"
+  echo "# Shadow benchmark: $FEATURE"
   echo
-  echo "Generated by \`benches/mirror.sh\` on $(date -u +%Y-%m-%dT%H:%M:%SZ) (git $(git rev-parse --short HEAD 2>/dev/null))."
+  echo "Generated by \`FEATURE=$FEATURE benches/shadow.sh\` on $(date -u +%Y-%m-%dT%H:%M:%SZ) (git $(git rev-parse --short HEAD 2>/dev/null))."
   echo
-  echo "- Machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo); gateway pinned to CPU 0 (1 worker thread, plus its background runtime sending the copies); nginx (1 worker: primary and candidate) and oha on CPU 1"
+  echo "- Machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo); gateway pinned to CPU 0 (1 worker thread, plus the idle-priority thread sending copies or storing captures); nginx (1 worker: primary and candidate) and oha on CPU 1"
   echo "- Answer: a $BODY_BYTES-byte JSON order; the candidate's has its keys in reverse order and a later timestamp, so each copy is parsed and compared structurally (and matches)"
-  echo "- off = router only; on = router + \`mirror\` (percent 100, timeout 5s, max_concurrency 256). Saturation: \`oha -z $DURATION -c $CONNECTIONS\`; fixed rate: \`oha -z $DURATION -c $CONNECTIONS -q $RATE --latency-correction\`"
+  if [ "$FEATURE" = mirror ]; then
+    echo "- off = router only; on = router + \`mirror\` (percent 100, timeout 5s, max_concurrency 256, copies on the SCHED_IDLE runtime). Columns: copies sent (ok), matched, skipped (concurrency cap)"
+  else
+    echo "- off = router only; on = the same with \`shadow.keep_observing: true\` (every exchange captured, masked, stored in SQLite). Columns: samples queued, stored (in the database at the end), dropped (queue full)"
+  fi
+  echo "- Saturation: \`oha -z $DURATION -c $CONNECTIONS\`; fixed rate: \`oha -z $DURATION -c $CONNECTIONS -q $RATE --latency-correction\`"
   echo
-  echo "| round | req/s off | req/s on | on/off req/s | sat. p99 off / on | p50 at $RATE/s off / on | p99 at $RATE/s off / on | on/off p99 | p99.9 at $RATE/s off / on | copies sent (ok) of requests | matched | skipped | failed off / on |"
+  echo "| round | req/s off | req/s on | on/off req/s | sat. p99 off / on | p50 at $RATE/s off / on | p99 at $RATE/s off / on | on/off p99 | p99.9 at $RATE/s off / on | work done (of requests) | matched / stored | skipped / dropped | failed off / on |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s' "$ROWS"
   echo
