@@ -744,3 +744,37 @@ async fn the_one_line_start_and_a_full_queue() {
         "queued {queued}, dropped {dropped}"
     );
 }
+
+#[test]
+fn bad_shadow_settings_are_config_errors_with_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // Retention beyond seed 004's 30 days.
+        (
+            "shadow:\n  retention: 40d\n  opt_in: [{ name: erp }]\n",
+            "shadow.retention",
+            ":11:",
+        ),
+        // Shadow mode with nothing to say what may be captured.
+        ("", "`mode: shadow` needs a `shadow:` section", ""),
+        // An unknown key.
+        ("shadow:\n  retension: 7d\n", "retension", ":11:"),
+    ];
+    for (i, (shadow, expected, line)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad{i}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "gateway:\n  mode: shadow\nlisteners:\n  - {{ name: l, address: \"127.0.0.1:1\", chains: [c] }}\nchains:\n  c: [{{ type: router, routes: [{{ name: r, match: {{ path_prefix: / }}, cluster: b }}] }}]\nclusters:\n  b: {{ endpoints: [\"127.0.0.1:2\"] }}\n\n{shadow}"
+            ),
+        )
+        .unwrap();
+        let (status, out, err) = run_to_end(
+            &["--check", "-c", file.to_str().unwrap()],
+            Duration::from_secs(20),
+        );
+        assert!(!status.success(), "{out}");
+        assert!(err.contains(expected), "{expected}: {err}");
+        assert!(err.contains(line), "{line}: {err}");
+    }
+}

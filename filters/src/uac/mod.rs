@@ -268,8 +268,8 @@ impl ShadowConfig {
         let r = self.retention.0;
         if r.is_zero() || r > MAX_RETENTION {
             return Err(format!(
-                "retention: between 1s and 30d (seed 004), not {}",
-                humantime::format_duration(r)
+                "retention: between 1s and 30d (seed 004), not {:.1} days",
+                r.as_secs_f64() / 86_400.0
             ));
         }
         if self.capture.queue == 0 {
@@ -294,7 +294,6 @@ impl ShadowConfig {
                 return Err(format!("reviewers[{i}]: `token` or `token_env` is needed"));
             }
         }
-        Masker::new(&self.pii.json_paths, &self.pii.headers);
         Ok(())
     }
 }

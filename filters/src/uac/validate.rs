@@ -119,8 +119,9 @@ impl CompiledContract {
         Ok(CompiledContract { operations })
     }
 
-    /// The operation a request is for, and its path parameter values.
+    /// The operation a request is for, and its path parameter values (a `HEAD` is its `GET`).
     fn operation(&self, method: &str, path: &str) -> Option<(&Operation, Vec<String>)> {
+        let method = if method == "HEAD" { "GET" } else { method };
         self.operations.iter().find_map(|op| {
             if op.method != method {
                 return None;
@@ -344,6 +345,7 @@ mod tests {
             v.iter().map(|v| v.kind).collect::<Vec<_>>(),
             vec!["parameter_type", "missing_parameter"]
         );
+        assert!(c.operation("HEAD", "/users/42").is_some());
         assert!(c.operation("POST", "/users/42").is_none());
         assert!(c.operation("GET", "/users/42/orders").is_none());
     }
