@@ -5,6 +5,15 @@
 
 use bytes::Bytes;
 
+use crate::filter::phase;
+
+/// The phases a filter recording the whole exchange runs in.
+pub const EXCHANGE_PHASES: u8 = phase::REQUEST
+    | phase::REQUEST_BODY
+    | phase::RESPONSE_HEADERS
+    | phase::RESPONSE_BODY
+    | phase::LOGGING;
+
 #[derive(Default)]
 pub struct Exchange {
     pub method: String,

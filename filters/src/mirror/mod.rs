@@ -29,8 +29,8 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::context::RequestCtx;
-use crate::exchange::{header_pairs, Exchange};
-use crate::filter::{phase, Filter, FilterAction};
+use crate::exchange::{header_pairs, Exchange, EXCHANGE_PHASES};
+use crate::filter::{Filter, FilterAction};
 use crate::metrics::FILTER_METRICS;
 use crate::template::Template;
 use crate::units::{ByteSize, HumanDuration};
@@ -260,11 +260,7 @@ impl Filter for Mirror {
     }
 
     fn phases(&self) -> u8 {
-        phase::REQUEST
-            | phase::REQUEST_BODY
-            | phase::RESPONSE_HEADERS
-            | phase::RESPONSE_BODY
-            | phase::LOGGING
+        EXCHANGE_PHASES
     }
 
     async fn on_request(

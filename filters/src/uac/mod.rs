@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::context::RequestCtx;
-use crate::exchange::{header, Exchange};
-use crate::filter::{phase, Filter, FilterAction};
+use crate::exchange::{header, Exchange, EXCHANGE_PHASES};
+use crate::filter::{Filter, FilterAction};
 use crate::metrics::FILTER_METRICS;
 use crate::units::{ByteSize, HumanDuration};
 use pii::Masker;
@@ -609,11 +609,7 @@ impl Filter for ShadowCapture {
     }
 
     fn phases(&self) -> u8 {
-        phase::REQUEST
-            | phase::REQUEST_BODY
-            | phase::RESPONSE_HEADERS
-            | phase::RESPONSE_BODY
-            | phase::LOGGING
+        EXCHANGE_PHASES
     }
 
     async fn on_request(
