@@ -100,16 +100,10 @@ impl ServeHttp for AdminApp {
             "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics()),
             "/canary" => match session.req_header().method.as_str() {
                 "GET" => canary_weights(),
-                "POST" => {
-                    let mut body = Vec::new();
-                    while let Ok(Some(chunk)) = session.read_request_body().await {
-                        if body.len() + chunk.len() > 64 * 1024 {
-                            break;
-                        }
-                        body.extend_from_slice(&chunk);
-                    }
-                    set_canary(&body)
-                }
+                "POST" => match read_body(session).await {
+                    Ok(body) => set_canary(&body),
+                    Err(too_large) => too_large,
+                },
                 _ => reply(
                     405,
                     "application/json",
@@ -213,17 +207,10 @@ async fn uac(session: &mut ServerSession, path: &str) -> Response<Vec<u8>> {
     let method = req.method.as_str().to_string();
     let query = req.uri.query().unwrap_or("").to_string();
     let headers = stoa_filters::exchange::header_pairs(req.headers.iter());
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = session.read_request_body().await {
-        if body.len() + chunk.len() > 64 * 1024 {
-            return reply(
-                413,
-                "application/json",
-                br#"{"error":"body too large","status":413}"#.to_vec(),
-            );
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = match read_body(session).await {
+        Ok(body) => body,
+        Err(too_large) => return too_large,
+    };
     let request = stoa_filters::uac::admin::AdminRequest {
         method: &method,
         path,
@@ -245,4 +232,20 @@ async fn uac(session: &mut ServerSession, path: &str) -> Response<Vec<u8>> {
         }
     }
     resp
+}
+
+/// An admin request's body, or a 413 past 64 KiB.
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = session.read_request_body().await {
+        if body.len() + chunk.len() > 64 * 1024 {
+            return Err(reply(
+                413,
+                "application/json",
+                br#"{"error":"body too large","status":413}"#.to_vec(),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }

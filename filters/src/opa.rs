@@ -24,6 +24,7 @@ use tracing::warn;
 use crate::context::{PolicyLog, RequestCtx};
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
 use crate::metrics::FILTER_METRICS;
+use crate::uac::pii::CREDENTIAL_HEADERS as REDACTED_HEADERS;
 use crate::units::HumanDuration;
 
 /// The environment variable naming an external OPA server (seed 004).
@@ -345,15 +346,6 @@ pub fn run_rego_tests(path: &Path) -> std::result::Result<Vec<RegoTest>, String>
     }
     Ok(results)
 }
-
-const REDACTED_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-    "x-auth-token",
-];
 
 /// The policy's `input` document for a request, built directly as a Rego value (the embedded
 /// engine's own type; serialized to JSON for an external OPA). The identity's part is built

@@ -302,6 +302,8 @@ impl ShadowConfig {
 struct Settings {
     cfg: ShadowConfig,
     masker: Masker,
+    /// The API name of each `opt_in` entry, in order.
+    api_names: Vec<String>,
     /// Reviewer tokens → names (tokens read from the environment at load).
     tokens: Vec<(String, String)>,
 }
@@ -339,6 +341,7 @@ pub fn install(cfg: &ShadowConfig) -> std::result::Result<(), String> {
     cfg.validate()?;
     let settings = Settings {
         masker: Masker::new(&cfg.pii.json_paths, &cfg.pii.headers),
+        api_names: cfg.opt_in.iter().map(OptIn::api_name).collect(),
         tokens: cfg
             .reviewers
             .iter()
@@ -392,16 +395,6 @@ pub fn install(cfg: &ShadowConfig) -> std::result::Result<(), String> {
 impl Observatory {
     fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
         self.settings.load()
-    }
-
-    /// The API an exchange belongs to, if it is opted in.
-    fn opted_in(&self, host: Option<&str>, path: &str, tenant: Option<&str>) -> Option<String> {
-        let s = self.settings();
-        s.cfg
-            .opt_in
-            .iter()
-            .find(|o| o.matches(host, path, tenant))
-            .map(OptIn::api_name)
     }
 
     /// The worker: masks and stores what the filters queued, and purges on schedule.
@@ -573,16 +566,15 @@ impl Observatory {
 struct Captured {
     api: String,
     tenant: Option<String>,
+    /// `capture.max_body` when the request came in.
+    max_body: usize,
     exchange: Arc<Mutex<Exchange>>,
 }
 
 /// A body chunk kept in the captured exchange (up to `capture.max_body`).
 fn keep_chunk(ctx: &RequestCtx, response: bool, chunk: Option<&Bytes>) {
-    if let (Some(chunk), Some(c), Some(obs)) =
-        (chunk, ctx.extensions.get::<Captured>(), observatory())
-    {
-        let max = obs.settings().cfg.capture.max_body.0 as usize;
-        c.exchange.lock().unwrap().keep(response, chunk, max);
+    if let (Some(chunk), Some(c)) = (chunk, ctx.extensions.get::<Captured>()) {
+        c.exchange.lock().unwrap().keep(response, chunk, c.max_body);
     }
 }
 
@@ -620,31 +612,37 @@ impl Filter for ShadowCapture {
         let Some(obs) = observatory() else {
             return Ok(FilterAction::Continue);
         };
+        let settings = obs.settings();
         let req = session.req_header();
         let host = req
             .headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.authority().map(|a| a.as_str()))
-            .map(|h| h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_string());
-        let tenant_header = obs.settings().cfg.capture.tenant_header.clone();
+            .map(|h| h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h));
         let tenant = ctx
             .identity
             .as_ref()
             .and_then(|i| i.tenant.clone())
             .or_else(|| {
                 req.headers
-                    .get(tenant_header.as_str())
+                    .get(settings.cfg.capture.tenant_header.as_str())
                     .and_then(|v| v.to_str().ok())
                     .map(String::from)
             });
-        let Some(api) = obs.opted_in(host.as_deref(), req.uri.path(), tenant.as_deref()) else {
+        let Some(i) = settings
+            .cfg
+            .opt_in
+            .iter()
+            .position(|o| o.matches(host, req.uri.path(), tenant.as_deref()))
+        else {
             ShadowCapture::counted("-", "not_opted_in");
             return Ok(FilterAction::Continue);
         };
         ctx.extensions.insert(Captured {
-            api,
+            api: settings.api_names[i].clone(),
             tenant,
+            max_body: settings.cfg.capture.max_body.0 as usize,
             exchange: Arc::new(Mutex::new(Exchange::of_request(req))),
         });
         Ok(FilterAction::Continue)

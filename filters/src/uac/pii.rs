@@ -21,19 +21,18 @@ pub const JWT: &str = "<jwt>";
 pub const TOKEN: &str = "<token>";
 pub const SECRET: &str = "<secret>";
 
-/// Headers whose values are credentials, always blanked.
-const SECRET_HEADERS: &[&str] = &[
+/// Headers whose values are credentials: never shown to policies (`opa`), never stored.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "cookie",
     "set-cookie",
     "x-api-key",
-    "api-key",
     "x-auth-token",
-    "x-access-token",
-    "x-csrf-token",
-    "x-xsrf-token",
 ];
+
+/// More headers shadow capture blanks: other key and anti-forgery token headers.
+const MORE_SECRET_HEADERS: &[&str] = &["api-key", "x-access-token", "x-csrf-token", "x-xsrf-token"];
 
 /// Key names (lower case, `-`/`_` ignored) whose values are secrets wherever they appear.
 const SECRET_KEYS: &[&str] = &[
@@ -215,7 +214,12 @@ impl Masker {
     /// A header value as stored: credentials blanked, PII masked.
     pub fn header(&self, name: &str, value: &str) -> String {
         let n = name.to_ascii_lowercase();
-        if SECRET_HEADERS.contains(&n.as_str()) || self.headers.contains(&n) || secret_key(&n) {
+        let listed = |list: &[&str]| list.contains(&n.as_str());
+        if listed(CREDENTIAL_HEADERS)
+            || listed(MORE_SECRET_HEADERS)
+            || self.headers.contains(&n)
+            || secret_key(&n)
+        {
             SECRET.into()
         } else {
             mask_text(value)
