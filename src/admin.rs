@@ -1,6 +1,7 @@
 //! The admin listener (127.0.0.1:9901 by default): `/health` (liveness), `/ready` (every
 //! listener accepts connections and every cluster's first health check is done), `/metrics`
-//! (Prometheus text) and `/config` (the effective config, secrets redacted).
+//! (Prometheus text) and `/config` (the effective config, secrets redacted), plus the canary,
+//! shadow-report and `/uac` endpoints; `admin_guard` decides who may call what.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -15,6 +16,8 @@ use crate::runtime::SharedState;
 
 pub struct AdminApp {
     pub state: SharedState,
+    /// The read-only probe listener (`admin.probe_address`): probes only.
+    pub probes_only: bool,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -84,6 +87,21 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        if !crate::admin_guard::is_probe(&session.req_header().method, &path) {
+            if self.probes_only {
+                return reply(
+                    404,
+                    "application/json",
+                    br#"{"error":"this listener serves GET /health, /ready and /metrics only","status":404}"#
+                        .to_vec(),
+                );
+            }
+            let guard = self.state.load().admin.clone();
+            if let Err((status, why)) = guard.check(session.req_header()) {
+                let body = serde_json::json!({ "error": why, "status": status });
+                return reply(status, "application/json", body.to_string().into_bytes());
+            }
+        }
         if path == "/uac" || path.starts_with("/uac/") {
             return uac(session, &path).await;
         }

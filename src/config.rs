@@ -132,6 +132,20 @@ pub struct AdminSection {
     /// Set to false to run without the admin listener.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// A file of admin bearer tokens, one per line (besides `STOA_ADMIN_TOKEN`); read at every
+    /// config load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// `Host` values accepted besides loopback ones and the admin address's own IP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// `Origin`s allowed to call the admin API (none by default: no browser page may).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+    /// A second, read-only listener serving only `/health`, `/ready` and `/metrics` (for
+    /// Kubernetes probes and Prometheus while the admin API stays on loopback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_address: Option<String>,
 }
 
 pub fn default_admin() -> String {
@@ -143,6 +157,10 @@ impl Default for AdminSection {
         AdminSection {
             address: default_admin(),
             enabled: true,
+            token_file: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            probe_address: None,
         }
     }
 }
@@ -160,6 +178,77 @@ pub struct ListenerConfig {
     /// TLS: offer h2 via ALPN; default true.
     #[serde(default)]
     pub http2: Option<bool>,
+    /// Request canonicalisation and per-connection limits (see `ListenerHttp`).
+    #[serde(default)]
+    pub http: ListenerHttp,
+}
+
+/// How a listener treats its clients: how paths are canonicalised and what one connection
+/// may cost. Defaults are nginx's where it has one.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerHttp {
+    /// Merge `//` in paths into `/` (Envoy's `merge_slashes`).
+    #[serde(default = "yes")]
+    pub merge_slashes: bool,
+    /// `reject` (400) or `keep` an encoded `/` or `\` (`%2F`, `%5C`) in a path.
+    #[serde(default)]
+    pub escaped_slashes: stoa_filters::request_target::EscapedSlashes,
+    /// The whole request header must arrive within this (0s: no deadline).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// An idle keep-alive connection is closed after this.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: HumanDuration,
+    /// Requests served on one connection before it is closed (0: no limit).
+    #[serde(default = "default_max_requests")]
+    pub max_requests_per_connection: u32,
+    /// Connections open at once on this listener; beyond it a new one is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A request body that sends nothing for this long ends the request (and frees its
+    /// upstream connection).
+    #[serde(default = "default_body_idle_timeout")]
+    pub body_idle_timeout: HumanDuration,
+}
+
+fn default_header_read_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_keepalive_timeout() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+fn default_max_requests() -> u32 {
+    1000
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_body_idle_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+impl Default for ListenerHttp {
+    fn default() -> Self {
+        ListenerHttp {
+            merge_slashes: true,
+            escaped_slashes: Default::default(),
+            header_read_timeout: default_header_read_timeout(),
+            keepalive_timeout: default_keepalive_timeout(),
+            max_requests_per_connection: default_max_requests(),
+            max_connections: default_max_connections(),
+            body_idle_timeout: default_body_idle_timeout(),
+        }
+    }
+}
+
+impl ListenerHttp {
+    pub fn path_options(&self) -> stoa_filters::request_target::PathOptions {
+        stoa_filters::request_target::PathOptions {
+            merge_slashes: self.merge_slashes,
+            escaped_slashes: self.escaped_slashes,
+        }
+    }
 }
 
 impl ListenerConfig {

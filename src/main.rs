@@ -3,14 +3,15 @@
 //! and the control plane (reload + health checks) into a Pingora server.
 
 mod admin;
+mod admin_guard;
 mod circuit;
 mod cluster;
 mod config;
+mod connection;
 mod control;
 mod logging;
 mod metrics;
 mod overrides;
-mod path;
 mod presets;
 mod proxy;
 mod runtime;
@@ -117,6 +118,9 @@ enum Command {
     Canary {
         #[command(subcommand)]
         action: CanaryAction,
+        /// An admin token (setting a weight needs one).
+        #[arg(long, env = "STOA_ADMIN_TOKEN", global = true, hide_env_values = true)]
+        token: Option<String>,
     },
     /// Shadow mode's contracts through a running gateway's admin API (same address rules).
     /// Every call is audited: give a `--reason`, and a reviewer's `--token` (or, when the
@@ -181,7 +185,9 @@ enum CanaryAction {
 fn main() {
     let cli = Cli::parse();
     match &cli.command {
-        Some(Command::Canary { action }) => std::process::exit(canary_command(&cli, action)),
+        Some(Command::Canary { action, token }) => {
+            std::process::exit(canary_command(&cli, action, token.as_deref()))
+        }
         Some(Command::Uac {
             action,
             reason,
@@ -264,12 +270,18 @@ fn main() {
 }
 
 /// `stoa-gateway canary get|set`: talk to the admin API; the exit code says how it went.
-fn canary_command(cli: &Cli, action: &CanaryAction) -> i32 {
-    admin_call(cli, |client, base| match action {
-        CanaryAction::Get => client.get(format!("{base}/canary")),
-        CanaryAction::Set { weight, name } => client
-            .post(format!("{base}/canary"))
-            .json(&serde_json::json!({ "weight": weight, "name": name })),
+fn canary_command(cli: &Cli, action: &CanaryAction, token: Option<&str>) -> i32 {
+    admin_call(cli, |client, base| {
+        let req = match action {
+            CanaryAction::Get => client.get(format!("{base}/canary")),
+            CanaryAction::Set { weight, name } => client
+                .post(format!("{base}/canary"))
+                .json(&serde_json::json!({ "weight": weight, "name": name })),
+        };
+        match token.and_then(|t| t.split(',').next()) {
+            Some(t) => req.bearer_auth(t.trim()),
+            None => req,
+        }
     })
 }
 
@@ -334,10 +346,14 @@ fn uac_command(
                     .json(&serde_json::json!({ "reason": reason }))
             }
         };
-        match (token, actor) {
-            (Some(t), _) => req.bearer_auth(t),
-            (None, Some(a)) => req.header("x-stoa-actor", a),
-            (None, None) => req,
+        // A reviewer's token (with `shadow.reviewers`), else an admin token plus the actor.
+        let req = match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        match actor {
+            Some(a) => req.header("x-stoa-actor", a),
+            None => req,
         }
     })
 }
@@ -487,14 +503,25 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
             listener: l.name.as_str().into(),
             index,
             state: shared.clone(),
+            paths: l.http.path_options(),
+            keepalive_secs: l.http.keepalive_timeout.0.as_secs().max(1),
+            body_idle_timeout: l.http.body_idle_timeout.0,
         };
         let mut http = pingora_proxy::http_proxy(&server.configuration, gateway);
-        if l.http2_enabled() && l.tls.is_none() {
-            let mut opts = HttpServerOptions::default();
-            opts.h2c = true;
-            http.server_options = Some(opts);
-        }
-        let mut service = Service::new(format!("listener {}", l.name), http);
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = l.http2_enabled() && l.tls.is_none();
+        // Pingora counts reuses after the first request.
+        opts.keepalive_request_limit = l.http.max_requests_per_connection.checked_sub(1);
+        opts.h2_idle_timeout = Some(l.http.keepalive_timeout.0);
+        http.server_options = Some(opts);
+        let guarded = connection::ConnectionGuard {
+            inner: Arc::new(http),
+            listener: l.name.as_str().into(),
+            max_connections: l.http.max_connections,
+            header_read_timeout: l.http.header_read_timeout.0,
+            open: Default::default(),
+        };
+        let mut service = Service::new(format!("listener {}", l.name), guarded);
         match &l.tls {
             Some(tls) => {
                 let mut settings = TlsSettings::intermediate(&tls.cert, &tls.key)
@@ -514,10 +541,30 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
             "admin".to_string(),
             pingora_core::apps::http_app::HttpServer::new_app(admin::AdminApp {
                 state: shared.clone(),
+                probes_only: false,
             }),
         );
         admin.add_tcp(&cfg.admin.address);
         server.add_service(admin);
+        let loopback = cfg
+            .admin
+            .address
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        if !loopback && !shared.load().admin.has_tokens() {
+            warn!(admin = %cfg.admin.address, "the admin API listens beyond loopback without a token: reads are open to the network and state-changing calls are refused; set STOA_ADMIN_TOKEN or admin.token_file, or serve probes with admin.probe_address");
+        }
+    }
+    if let Some(address) = &cfg.admin.probe_address {
+        let mut probes = Service::new(
+            "probes".to_string(),
+            pingora_core::apps::http_app::HttpServer::new_app(admin::AdminApp {
+                state: shared.clone(),
+                probes_only: true,
+            }),
+        );
+        probes.add_tcp(address);
+        server.add_service(probes);
     }
 
     let control = control::ControlPlane {

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub upstream_failures: IntCounterVec,
     pub breaker_state: IntGaugeVec,
     pub breaker_transitions: IntCounterVec,
+    pub connections_open: IntGaugeVec,
+    pub connections_refused: IntCounterVec,
 }
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
@@ -80,6 +82,21 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         registry
     )
     .expect("metric");
+    let connections_open = register_int_gauge_vec_with_registry!(
+        "stoa_downstream_connections",
+        "Client connections open now, by listener",
+        &["listener"],
+        registry
+    )
+    .expect("metric");
+    let connections_refused = register_int_counter_vec_with_registry!(
+        "stoa_downstream_connections_closed_total",
+        "Client connections the gateway closed to protect itself, by listener and reason \
+         (max_connections: over the listener's limit; header_timeout: header_read_timeout)",
+        &["listener", "reason"],
+        registry
+    )
+    .expect("metric");
     // Make the reload counters visible before the first reload.
     reloads.with_label_values(&["ok"]);
     reloads.with_label_values(&["error"]);
@@ -93,6 +110,8 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         upstream_failures,
         breaker_state,
         breaker_transitions,
+        connections_open,
+        connections_refused,
     }
 });
 

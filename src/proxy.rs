@@ -23,6 +23,12 @@ pub struct Gateway {
     /// Position of this listener in `config.listeners` (listeners only change on restart).
     pub index: usize,
     pub state: SharedState,
+    /// How this listener canonicalises paths (listener settings change on restart only).
+    pub paths: stoa_filters::request_target::PathOptions,
+    /// Idle keep-alive connections close after this many seconds.
+    pub keepalive_secs: u64,
+    /// A request body idle this long ends the request.
+    pub body_idle_timeout: std::time::Duration,
 }
 
 /// Per-request context: the filters' `RequestCtx` plus the pinned config version.
@@ -177,25 +183,19 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        match crate::path::normalize(session.req_header().uri.path()) {
-            Ok(None) => {}
-            Ok(Some(path)) => {
-                let req = session.req_header_mut();
-                let pq = match req.uri.query() {
-                    Some(q) => format!("{path}?{q}"),
-                    None => path,
-                };
-                let uri = pq.parse::<http::Uri>().map_err(|e| {
-                    Error::because(ErrorType::InvalidHTTPHeader, "normalized path", e)
-                })?;
-                req.set_uri(uri);
-            }
-            Err(why) => {
-                ctx.req.reject("gateway", "bad_path");
-                self.respond_local(session, ctx, LocalResponse::json_error(400, why))
-                    .await?;
-                return Ok(true);
-            }
+        // An HTTP/1.1 connection is kept alive by default, for ever: bound its idle time.
+        if session.get_keepalive() == Some(0) {
+            session.set_keepalive(Some(self.keepalive_secs));
+        }
+        session.set_read_timeout(Some(self.body_idle_timeout));
+        if let Err(refusal) =
+            stoa_filters::request_target::canonicalize(session.req_header_mut(), &self.paths)
+        {
+            ctx.req.reject("gateway", refusal.reason);
+            session.set_keepalive(None);
+            let local = LocalResponse::json_error(refusal.status, refusal.message);
+            self.respond_local(session, ctx, local).await?;
+            return Ok(true);
         }
         let chain = ctx.chain.clone();
         for &i in &chain.request {

@@ -58,6 +58,8 @@ pub struct GatewayState {
     /// Indexed like `config.listeners`.
     pub chains: Vec<Arc<Chain>>,
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    /// Who may call the admin API (tokens are read with the config).
+    pub admin: Arc<crate::admin_guard::AdminGuard>,
 }
 
 pub type SharedState = Arc<ArcSwap<GatewayState>>;
@@ -97,11 +99,17 @@ impl GatewayState {
             }
             chains.push(Arc::new(Chain::new(filters, labels)));
         }
+        let uac_reviewers = config
+            .shadow
+            .as_ref()
+            .is_some_and(|s| !s.value.reviewers.is_empty());
+        let admin = crate::admin_guard::AdminGuard::build(&config.admin, uac_reviewers)?;
         Ok(GatewayState {
             version,
             config: Arc::new(config),
             chains,
             clusters,
+            admin: Arc::new(admin),
         })
     }
 

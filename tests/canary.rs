@@ -110,8 +110,7 @@ async fn weight_changes_under_load_drop_nothing() {
     let set = |weight: f64| {
         let admin = gw.admin_url("/canary");
         async move {
-            let r = client()
-                .post(admin)
+            let r = admin_request(reqwest::Method::POST, admin)
                 .body(format!("{{\"weight\": {weight}}}"))
                 .send()
                 .await
@@ -126,7 +125,16 @@ async fn weight_changes_under_load_drop_nothing() {
     // The CLI subcommand talks to the same admin API: 0 is the instant rollback.
     let admin = format!("--admin-address=127.0.0.1:{}", gw.admin_port);
     let (status, out, err) = tokio::task::spawn_blocking(move || {
-        run_to_end(&["canary", "set", "0", &admin], Duration::from_secs(20))
+        run_to_end(
+            &[
+                "canary",
+                "set",
+                "0",
+                &admin,
+                &format!("--token={ADMIN_TOKEN}"),
+            ],
+            Duration::from_secs(20),
+        )
     })
     .await
     .unwrap();
@@ -179,15 +187,13 @@ async fn weight_changes_under_load_drop_nothing() {
         report.by_upstream
     );
     // Bad input is refused and changes nothing.
-    let r = client()
-        .post(gw.admin_url("/canary"))
+    let r = admin_request(reqwest::Method::POST, gw.admin_url("/canary"))
         .body("{\"weight\": 120}")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let r = client()
-        .post(gw.admin_url("/canary"))
+    let r = admin_request(reqwest::Method::POST, gw.admin_url("/canary"))
         .body("{\"weight\": 5, \"name\": \"nope\"}")
         .send()
         .await

@@ -231,8 +231,7 @@ async fn copies_are_compared_counted_and_logged() {
         json!({"field": "$.user.name", "count": 1})
     );
     assert_eq!(items["recent_mismatches"][0]["path"], "/items/renamed");
-    let r = c
-        .delete(gw.admin_url("/shadow/report"))
+    let r = admin_request(reqwest::Method::DELETE, gw.admin_url("/shadow/report"))
         .send()
         .await
         .unwrap();

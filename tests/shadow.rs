@@ -441,13 +441,15 @@ async fn shadow_mode_captures_masks_infers_and_exports() {
 
     // Nothing exported before approval; the approval records the approver and exports.
     assert!(plane.lock().unwrap().is_empty());
-    let r = client()
-        .post(gw.admin_url("/uac/contracts/legacy/approve"))
-        .header("x-stoa-actor", "alice")
-        .json(&json!({"reason": "matches the vendor's manual"}))
-        .send()
-        .await
-        .unwrap();
+    let r = admin_request(
+        reqwest::Method::POST,
+        gw.admin_url("/uac/contracts/legacy/approve"),
+    )
+    .header("x-stoa-actor", "alice")
+    .json(&json!({"reason": "matches the vendor's manual"}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     let approved: Value = r.json().await.unwrap();
     assert_eq!(approved["approved_by"], "alice");

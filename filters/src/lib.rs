@@ -19,6 +19,7 @@ pub mod protected_resource;
 pub mod rate_limit;
 pub mod registry;
 pub mod request_id;
+pub mod request_target;
 pub mod router;
 pub mod template;
 pub mod uac;

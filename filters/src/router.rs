@@ -293,8 +293,9 @@ impl Router {
                     }
                     p.len()
                 }
+                // `/internal` is also `/internal/` (upstreams commonly treat them alike).
                 PathMatch::Exact(p) => {
-                    if path != p {
+                    if path != p && path.strip_suffix('/') != Some(p.as_str()) {
                         continue;
                     }
                     p.len()
@@ -331,7 +332,7 @@ fn check_path(p: &str) -> std::result::Result<(), String> {
 }
 
 fn strip(path: &str, matched_len: usize, query: Option<&str>) -> String {
-    let rest = &path[matched_len..];
+    let rest = path.get(matched_len..).unwrap_or("");
     let mut out = String::with_capacity(rest.len() + 1 + query.map_or(0, |q| q.len() + 1));
     if !rest.starts_with('/') {
         out.push('/');

@@ -189,27 +189,17 @@ fn parse_var(name: &str) -> Option<Var> {
 }
 
 /// The request's host: the `Host` header, else the URI authority (HTTP/2), without the port.
+/// The gateway canonicalised (and lowercased) it before any filter ran; anything that still
+/// does not parse as `host[:port]` has no host.
 pub fn request_host(req: &pingora_http::RequestHeader) -> Option<&str> {
     let raw = req
         .headers
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri.host())?;
-    Some(strip_port(raw))
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host
-            .split(']')
-            .next()
-            .map(|h| &host[..h.len() + 1])
-            .unwrap_or(host);
-    }
-    match host.rfind(':') {
-        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
-        _ => host,
-    }
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
+    crate::request_target::split_authority(raw)
+        .ok()
+        .map(|hp| hp.host)
 }
 
 /// The first value of `name` in a raw query string (no percent-decoding).
@@ -251,8 +241,14 @@ mod tests {
 
     #[test]
     fn host_and_query_helpers() {
-        assert_eq!(strip_port("example.com:8080"), "example.com");
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        let host = |h: &str| {
+            let mut r = pingora_http::RequestHeader::build("GET", b"/", None).unwrap();
+            r.insert_header("host", h).unwrap();
+            request_host(&r).map(str::to_string)
+        };
+        assert_eq!(host("example.com:8080").as_deref(), Some("example.com"));
+        assert_eq!(host("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(host("["), None);
         assert_eq!(query_param("a=1&b=2", "b"), Some("2"));
         assert_eq!(query_param("a=1", "c"), None);
     }

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod mcp;
+pub mod raw;
 pub mod redis;
 
 use std::collections::BTreeMap;
@@ -49,7 +50,19 @@ const GATEWAY_ENV: &[&str] = &[
     "SHADOW_MODE_ENABLED",
     "SHADOW_RUST_GATEWAY_URL",
     "RUST_LOG",
+    "STOA_ADMIN_TOKEN",
 ];
+
+/// The admin token every test gateway accepts (`STOA_ADMIN_TOKEN`, unless a test sets its own).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A state-changing admin call as the CLI or an operator makes it: JSON, with the admin token.
+pub fn admin_request(method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+    client()
+        .request(method, url)
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+}
 
 /// A port that was free a moment ago (bind 127.0.0.1:0, read it, release it).
 pub fn free_port() -> u16 {
@@ -190,11 +203,14 @@ impl GatewayBuilder {
             }
         }
         args.extend(self.args.iter().map(|a| vars.render(a)));
-        let env: Vec<(String, String)> = self
+        let mut env: Vec<(String, String)> = self
             .env
             .iter()
             .map(|(k, v)| (k.clone(), vars.render(v)))
             .collect();
+        if !env.iter().any(|(k, _)| k == "STOA_ADMIN_TOKEN") {
+            env.push(("STOA_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()));
+        }
         let mut gw = Gateway {
             port: vars.port,
             port2: vars.port2,
