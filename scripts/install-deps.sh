@@ -4,7 +4,8 @@
 # nginx and wrk for the load benchmark, redis-server for the Redis rate-limiting integration
 # tests, which start a real redis-server per test, prometheus for `promtool check rules` on
 # docker/observability/), the official MCP Python and TypeScript SDKs, openapi-spec-validator
-# for the OpenAPI documents shadow mode writes,
+# for the OpenAPI documents shadow mode writes, the Python h2 package for the HTTP/2 attack
+# tests,
 # the MCP integration tests drive the gateway with, and cargo-nextest when it is missing.
 set -euo pipefail
 
@@ -31,6 +32,12 @@ OPENAPI_VALIDATOR_VERSION="0.9.0"
 if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("openapi-spec-validator"))' 2>/dev/null)" != "$OPENAPI_VALIDATOR_VERSION" ]]; then
   echo "install-deps: installing openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+fi
+# The HTTP/2 attack tests (tests/attacks_h2.rs) send their frames with the h2 package, pinned.
+H2_VERSION="4.3.0"
+if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("h2"))' 2>/dev/null)" != "$H2_VERSION" ]]; then
+  echo "install-deps: installing the Python h2 package (h2==$H2_VERSION)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "h2==$H2_VERSION"
 fi
 # ... and the official TypeScript SDK (tests/fixtures/ts, versions pinned by its lock file).
 TS_DIR="$(dirname "$0")/../tests/fixtures/ts"

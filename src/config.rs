@@ -514,6 +514,8 @@ impl GatewayConfig {
         });
         parsed.map_err(|e| {
             let (line, mut message) = describe_yaml_error(&e);
+            // The rendered snippet shows neighbouring lines: never a secret's value.
+            message = mask_secret_values(&message, text);
             if let Some(f) = file {
                 message = message.replace("<input>", &f.display().to_string());
             }
@@ -760,6 +762,8 @@ fn is_secret_key(k: &str) -> bool {
     [
         "secret",
         "password",
+        "passphrase",
+        "private_key",
         "token",
         "api_key",
         "apikey",
@@ -769,6 +773,29 @@ fn is_secret_key(k: &str) -> bool {
     ]
     .iter()
     .any(|s| k.contains(s))
+}
+
+/// `message` with the value of every secret-looking key of `source` (block or flow style)
+/// replaced by `***`.
+pub fn mask_secret_values(message: &str, source: &str) -> String {
+    static PAIR: once_cell::sync::Lazy<regex::Regex> = once_cell::sync::Lazy::new(|| {
+        regex::Regex::new(r#"([A-Za-z0-9_.\-]+)\s*:\s*("[^"\n]*"|'[^'\n]*'|[^,{}\[\]\n#]+)"#)
+            .expect("static regex")
+    });
+    let mut secrets: Vec<&str> = PAIR
+        .captures_iter(source)
+        .filter(|c| is_secret_key(&c[1]))
+        .filter_map(|c| c.get(2))
+        .map(|v| v.as_str().trim().trim_matches(|ch| ch == '"' || ch == '\''))
+        .filter(|v| v.len() >= 3)
+        .collect();
+    // Longest first, so a secret containing another is masked whole.
+    secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut out = message.to_string();
+    for secret in secrets {
+        out = out.replace(secret, "***");
+    }
+    out
 }
 
 /// serde-saphyr errors carry a location, a message and a rendered snippet of the file.
@@ -791,6 +818,16 @@ mod tests {
         let s = e.to_string();
         assert!(s.starts_with("x.yaml:5:"), "{s}");
         assert!(s.contains("bogus"), "{s}");
+    }
+
+    #[test]
+    fn snippets_never_show_secret_values() {
+        let text = "listeners:\n  - {name: a, address: \"127.0.0.1:1\", chains: [c]}\nchains:\n  c:\n    - type: jwt\n      issuer: x\n      hmac_secret: \"supersecretvalue-123\"\n      leeway: banana\n      flow: {client_secret: other-secret-999, x: 1}\n";
+        let e = GatewayConfig::parse(text, None).unwrap_err().to_string();
+        assert!(e.contains("banana"), "{e}");
+        assert!(!e.contains("supersecretvalue"), "{e}");
+        assert!(!e.contains("other-secret-999"), "{e}");
+        assert!(e.contains("hmac_secret: \"***\""), "{e}");
     }
 
     #[test]

@@ -115,7 +115,9 @@ impl Gateway {
 
 impl Gateway {
     /// Switch protocols and relay bytes both ways between the client and the filter's end of
-    /// the connection until either closes.
+    /// the connection until either closes. The client's bytes go to the filter through a
+    /// writer task, and are only read while it has room: a filter that stops reading (its
+    /// backpressure) never stops its answers from reaching the client.
     async fn respond_upgrade(
         &self,
         session: &mut Session,
@@ -126,14 +128,26 @@ impl Gateway {
         let resp = self.local_header(session, ctx, 101, &upgrade.headers, None)?;
         session.write_response_header(Box::new(resp), false).await?;
         let (mut from_filter, mut to_filter) = tokio::io::split(upgrade.io);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let writer = tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                if to_filter.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            let _ = to_filter.shutdown().await;
+        });
         let mut buf = vec![0u8; 16 * 1024];
+        let mut room: Option<tokio::sync::mpsc::OwnedPermit<Bytes>> = None;
         loop {
             tokio::select! {
-                read = session.read_request_body() => match read {
-                    Ok(Some(bytes)) => {
-                        if to_filter.write_all(&bytes).await.is_err() {
-                            break;
-                        }
+                permit = tx.clone().reserve_owned(), if room.is_none() => match permit {
+                    Ok(p) => room = Some(p),
+                    Err(_) => break,
+                },
+                read = session.read_request_body(), if room.is_some() => match (read, room.take()) {
+                    (Ok(Some(bytes)), Some(permit)) => {
+                        permit.send(bytes);
                     }
                     _ => break,
                 },
@@ -148,7 +162,15 @@ impl Gateway {
                 },
             }
         }
-        let _ = to_filter.shutdown().await;
+        // Hand the filter what the client sent last, unless the filter stopped reading.
+        drop((room, tx));
+        let writer_abort = writer.abort_handle();
+        if tokio::time::timeout(std::time::Duration::from_secs(1), writer)
+            .await
+            .is_err()
+        {
+            writer_abort.abort();
+        }
         let _ = session.write_response_body(None, true).await;
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! `cors` filter: answers CORS preflights (`OPTIONS` + `Access-Control-Request-Method`) itself
 //! and adds `Access-Control-Allow-Origin` (and friends) to responses for allowed origins.
 //! A preflight from an origin that is not allowed gets 403.
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 use async_trait::async_trait;
 use pingora_core::Result;

@@ -1,5 +1,6 @@
 //! `headers` filter: add, set and remove request headers (on the way upstream) and response
 //! headers (on the way to the client). Values are templates over request data.
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 use std::collections::BTreeMap;
 

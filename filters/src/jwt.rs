@@ -4,6 +4,7 @@
 //! Remote keys are cached, refreshed in the background and on an unknown `kid` (rate limited),
 //! and kept when the issuer is down. Verified tokens are cached by SHA-256 until their `exp`.
 //! Failures answer 401/403 with an RFC 6750 `WWW-Authenticate` challenge.
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -518,6 +519,28 @@ struct Refusal {
     description: &'static str,
 }
 
+/// Whether a compact JWS names critical header extensions (`crit`, RFC 7515 §4.1.11): none are
+/// implemented here, so any (or a malformed `crit`) makes the token invalid.
+fn has_critical_extensions(token: &str) -> bool {
+    use base64::Engine;
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return false; // malformed: refused by the header parser next
+    };
+    serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|h| h.get("crit").is_some())
+}
+
+/// A raw query string without every `name=…` pair (no decoding: the name is matched as sent).
+fn without_query_param(query: &str, name: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 const MALFORMED: Refusal = Refusal {
     label: "malformed",
     description: "the token is malformed",
@@ -612,13 +635,13 @@ impl Jwt {
             .iter()
             .map(|a| parse_algorithm(a))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        if allowed.is_empty() {
+        let Some(&first) = allowed.first() else {
             return Err("algorithms: at least one algorithm is required".into());
-        }
+        };
         if allowed.iter().any(|a| is_hmac(*a)) && cfg.hmac_secret.is_none() {
             return Err("algorithms: HS256/HS384/HS512 need `hmac_secret`".into());
         }
-        let mut base = Validation::new(allowed[0]);
+        let mut base = Validation::new(first);
         base.leeway = cfg.leeway.0.as_secs();
         base.validate_exp = true;
         base.validate_nbf = true;
@@ -827,6 +850,13 @@ impl Jwt {
                 cache.invalidate(d);
             }
         }
+        if has_critical_extensions(token) {
+            return Verdict::Invalid(Refusal {
+                label: "unsupported_crit",
+                description:
+                    "the token names critical header extensions this gateway does not implement",
+            });
+        }
         let header = match jsonwebtoken::decode_header(token) {
             Ok(h) => h,
             Err(_) => return Verdict::Invalid(MALFORMED),
@@ -967,7 +997,7 @@ impl Filter for Jwt {
 
     fn phases(&self) -> u8 {
         phase::REQUEST
-            | if self.forward.is_empty() {
+            | if self.forward.is_empty() && self.from_query.is_none() {
                 0
             } else {
                 phase::UPSTREAM_REQUEST
@@ -1082,6 +1112,27 @@ impl Filter for Jwt {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A token taken from the query goes no further than a header token would.
+        if let Some(name) = &self.from_query {
+            if let Some(query) = upstream.uri.query() {
+                let kept = without_query_param(query, name);
+                if kept.len() != query.len() {
+                    let mut pq = upstream.uri.path().to_string();
+                    if !kept.is_empty() {
+                        pq.push('?');
+                        pq.push_str(&kept);
+                    }
+                    let uri = pq.parse::<http::Uri>().map_err(|e| {
+                        pingora_core::Error::because(
+                            pingora_core::ErrorType::InternalError,
+                            "query without the token",
+                            e,
+                        )
+                    })?;
+                    upstream.set_uri(uri);
+                }
+            }
+        }
         for f in &self.forward {
             upstream.remove_header(&f.header);
             let Some(identity) = &ctx.identity else {

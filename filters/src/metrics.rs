@@ -31,6 +31,10 @@ pub struct FilterMetrics {
     pub mcp_streams: IntGauge,
     /// `mcp_active_sessions`: MCP sessions that made a request to this process recently.
     pub mcp_active_sessions: IntGauge,
+    /// `mcp_dropped_total{what}`: what an MCP bound refused to keep (`stream_session`: the
+    /// stream hub was full; `replay_event`: a resumable event pushed out by the byte bound;
+    /// `notification`: a WebSocket client read too slowly for a server notification).
+    pub mcp_dropped: IntCounterVec,
     /// `mcp_upstream_up{upstream}`: 1 while a federated upstream MCP server answers.
     pub mcp_upstream_up: IntGaugeVec,
     /// `mcp_upstream_requests_total{upstream,method,status}`: messages relayed to upstreams.
@@ -100,6 +104,11 @@ pub static FILTER_METRICS: Lazy<FilterMetrics> = Lazy::new(|| {
             "mcp_requests_total",
             "MCP requests answered by the mcp filter, by method, tool (tools/call) and status",
             &["method", "tool", "status"],
+        ),
+        mcp_dropped: counter(
+            "mcp_dropped_total",
+            "MCP state a bound refused to keep, by what (stream_session, replay_event, notification)",
+            &["what"],
         ),
         mcp_streams: register_int_gauge_with_registry!(
             "mcp_sse_streams",

@@ -385,10 +385,57 @@ struct Limit {
     key: Option<Template>,
 }
 
+/// Every limit for one set of rendered keys (local, or through Redis with its fail mode);
+/// `true` when all admit one more request.
+async fn admit_keys(keys: &[(Arc<LocalLimiter>, String)], redis: Option<&RedisLimiter>) -> bool {
+    let outcomes = match redis {
+        None => keys.iter().map(|(l, k)| l.check(k)).collect::<Vec<_>>(),
+        Some(redis) => match redis.check(keys).await {
+            Ok(o) => o,
+            Err(e) => {
+                redis.record_failure(&e);
+                return redis.failure_mode == FailureMode::FailOpen;
+            }
+        },
+    };
+    outcomes.iter().all(|o| o.allowed)
+}
+
+/// The keys a `rate_limit` filter admitted this request under, kept so that a request that
+/// carries more than one call (a JSON-RPC batch) can be charged for each.
+#[derive(Clone)]
+struct Charge {
+    keys: Vec<(Arc<LocalLimiter>, String)>,
+    redis: Option<Arc<RedisLimiter>>,
+}
+
+#[derive(Clone, Default)]
+struct Charges(Vec<Charge>);
+
+/// Charge `extra` more requests to every `rate_limit` filter that admitted this one; `false`
+/// when any of them refuses (the request's first unit was charged when it came in).
+pub async fn charge_extra(ctx: &RequestCtx, extra: usize) -> bool {
+    let Some(Charges(all)) = ctx.extensions.get::<Charges>() else {
+        return true;
+    };
+    for charge in all {
+        for _ in 0..extra {
+            if !admit_keys(&charge.keys, charge.redis.as_deref()).await {
+                FILTER_METRICS
+                    .rate_limit_decisions
+                    .with_label_values(&["batch", "limited"])
+                    .inc();
+                return false;
+            }
+        }
+    }
+    true
+}
+
 pub struct RateLimit {
     key: Template,
     limits: Vec<Limit>,
-    redis: Option<RedisLimiter>,
+    redis: Option<Arc<RedisLimiter>>,
     dry_run: bool,
     headers: bool,
     /// `RateLimit-Policy` value, built once.
@@ -484,7 +531,7 @@ impl RateLimit {
                 if r.pool_size == 0 {
                     return Err("redis.pool_size: must be at least 1".into());
                 }
-                Some(RedisLimiter {
+                Some(Arc::new(RedisLimiter {
                     client,
                     pool_size: r.pool_size,
                     pool: OnceLock::new(),
@@ -496,7 +543,7 @@ impl RateLimit {
                     prefix: r.key_prefix.clone(),
                     skip_until_ms: AtomicU64::new(0),
                     logged_ms: AtomicU64::new(0),
-                })
+                }))
             }
         };
         let policy_header = specs
@@ -529,14 +576,7 @@ impl RateLimit {
             .iter()
             .map(|l| (l.local.clone(), key.to_string()))
             .collect();
-        let outcomes = match &self.redis {
-            None => keys.iter().map(|(l, k)| l.check(k)).collect::<Vec<_>>(),
-            Some(redis) => match redis.check(&keys).await {
-                Ok(o) => o,
-                Err(_) => return redis.failure_mode == FailureMode::FailOpen,
-            },
-        };
-        outcomes.iter().all(|o| o.allowed)
+        admit_keys(&keys, self.redis.as_deref()).await
     }
 
     fn keys(&self, session: &Session, ctx: &RequestCtx) -> Vec<(Arc<LocalLimiter>, String)> {
@@ -659,6 +699,17 @@ impl Filter for RateLimit {
         }
         if self.headers {
             ctx.extensions.insert(RateHeaders(headers));
+        }
+        // What a batch of requests in this one HTTP request (MCP's JSON-RPC batches) charges.
+        let charge = Charge {
+            keys,
+            redis: self.redis.clone(),
+        };
+        match ctx.extensions.get_mut::<Charges>() {
+            Some(Charges(all)) => all.push(charge),
+            None => {
+                ctx.extensions.insert(Charges(vec![charge]));
+            }
         }
         Ok(FilterAction::Continue)
     }

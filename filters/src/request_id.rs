@@ -1,5 +1,6 @@
 //! `request_id` filter: propagates a well-formed incoming `X-Request-Id` (or the configured
 //! header) or generates a UUIDv4, sends it upstream and echoes it on the response.
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 use async_trait::async_trait;
 use http::HeaderName;
@@ -120,6 +121,7 @@ impl Filter for RequestId {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     #[test]
     fn acceptable_ids() {

@@ -1,6 +1,7 @@
 //! `router` filter: picks the first route whose match (path prefix/exact/regex, host, methods,
 //! headers) fits the request, and either sends it to a cluster (with optional `strip_path` and
 //! `preserve_host`) or answers with a configured static response. No match answers 404.
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -400,6 +401,7 @@ impl Filter for Router {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -3,6 +3,7 @@
 //! A leading dot is accepted (`{{ .request_id }}`), as in the seed documents' examples.
 //! Identity variables (`tenant`, `sub`, `claims.<path>`) render empty until a `jwt` filter has
 //! verified the caller's token.
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 use pingora_proxy::Session;
 
@@ -45,22 +46,21 @@ impl Template {
     pub fn parse(src: &str) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut rest = src;
-        while let Some(start) = rest.find("{{") {
-            if start > 0 {
-                parts.push(Part::Literal(rest[..start].to_string()));
+        while let Some((literal, after)) = rest.split_once("{{") {
+            if !literal.is_empty() {
+                parts.push(Part::Literal(literal.to_string()));
             }
-            let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
+            let (name, tail) = after
+                .split_once("}}")
                 .ok_or_else(|| format!("unclosed `{{{{` in template `{src}`"))?;
-            let name = after[..end].trim();
+            let name = name.trim();
             let name = name.strip_prefix('.').unwrap_or(name);
             parts.push(Part::Var(parse_var(name).ok_or_else(|| {
                 format!(
                     "unknown template variable `{name}` in `{src}`; known: {TEMPLATE_VARIABLES}"
                 )
             })?));
-            rest = &after[end + 2..];
+            rest = tail;
         }
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_string()));
@@ -211,6 +211,7 @@ pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

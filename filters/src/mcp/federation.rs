@@ -253,8 +253,12 @@ impl Federation {
         Ok(Arc::new(Federation {
             upstreams,
             stream_paths,
+            // Bounded by bytes (128 MiB, a session weighed as its key plus 1 KiB), not only count.
             sessions: moka::future::Cache::builder()
-                .max_capacity(100_000)
+                .weigher(|k: &(String, usize), _: &Arc<UpstreamSession>| {
+                    u32::try_from(k.0.len() + 1024).unwrap_or(u32::MAX)
+                })
+                .max_capacity(128 << 20)
                 .time_to_idle(session_ttl)
                 .build(),
             started: AtomicBool::new(false),

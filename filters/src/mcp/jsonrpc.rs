@@ -1,6 +1,7 @@
 //! JSON-RPC 2.0 as MCP uses it: classifying an incoming message (request, notification,
 //! response), the standard error codes, and building result and error objects with the right
 //! `id` (`null` when the id could not be read).
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 use serde_json::{json, Value};
 
@@ -106,6 +107,7 @@ pub fn result(id: Value, result: Value) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

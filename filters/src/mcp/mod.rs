@@ -77,6 +77,10 @@ pub struct McpConfig {
     /// The largest POST body accepted (413 above).
     #[serde(default = "default_max_body")]
     pub max_body: ByteSize,
+    /// The most messages one JSON-RPC batch may carry (2025-03-26 only; 400 above). Each
+    /// request of a batch counts against `rate_limit` filters earlier in the chain.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
     /// Also serve the 2024-11-05 HTTP+SSE transport: `GET sse_path` opens the stream, whose
     /// first event names `messages_path?session_id=…` for the client's POSTs.
     #[serde(default = "yes")]
@@ -135,6 +139,9 @@ fn default_session_ttl() -> HumanDuration {
 fn default_max_body() -> ByteSize {
     ByteSize(1 << 20)
 }
+fn default_max_batch() -> usize {
+    32
+}
 fn default_page_size() -> usize {
     100
 }
@@ -180,6 +187,7 @@ struct McpCore {
     allowed_origins: Vec<String>,
     sealer: SessionSealer,
     max_body: u64,
+    max_batch: usize,
     page_size: usize,
     registry: ToolRegistry,
     policy: Option<Opa>,
@@ -267,19 +275,36 @@ type InFlight = std::sync::Mutex<
     std::collections::HashMap<(String, String), (futures::future::AbortHandle, Option<usize>)>,
 >;
 
+/// The most a client's `initialize` capabilities may weigh (serialized), since they are kept
+/// for the session (sealed into its id, or in `UNSEALED_CAPABILITIES`): 16 KiB.
+pub const MAX_CLIENT_CAPABILITIES: usize = 16 * 1024;
+
 /// Client capabilities of sessions that could not seal them (the legacy transport's session
 /// exists before its `initialize`); that transport's sessions live in one process anyway.
+/// Bounded by bytes (64 MiB, each entry weighed as its serialized size), not only entries.
 static UNSEALED_CAPABILITIES: Lazy<moka::sync::Cache<String, Value>> = Lazy::new(|| {
     moka::sync::Cache::builder()
-        .max_capacity(100_000)
+        .weigher(|k: &String, v: &Value| {
+            let bytes = k.len() + serde_json::to_vec(v).map_or(0, |b| b.len()) + 64;
+            u32::try_from(bytes).unwrap_or(u32::MAX)
+        })
+        .max_capacity(64 << 20)
         .time_to_idle(Duration::from_secs(24 * 3600))
         .build()
 });
 
-/// Sessions seen recently by this process, for the `mcp_active_sessions` gauge.
-static ACTIVE_SESSIONS: Lazy<moka::sync::Cache<String, ()>> = Lazy::new(|| {
+/// A fixed-size key for a client-chosen session id, so a store of ids costs 32 bytes each
+/// however long the ids are.
+pub(crate) fn session_key(session_id: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(session_id.as_bytes()).into()
+}
+
+/// Sessions seen recently by this process, for the `mcp_active_sessions` gauge (at most a
+/// million, 32-byte keys).
+static ACTIVE_SESSIONS: Lazy<moka::sync::Cache<[u8; 32], ()>> = Lazy::new(|| {
     let cache = moka::sync::Cache::builder()
-        .max_capacity(10_000_000)
+        .max_capacity(1_000_000)
         .time_to_idle(Duration::from_secs(300))
         .build();
     let counted = cache.clone();
@@ -499,6 +524,7 @@ impl McpCore {
             allowed_origins: cfg.allowed_origins.clone(),
             sealer: SessionSealer::new(&secret, cfg.session_ttl.0),
             max_body: cfg.max_body.0,
+            max_batch: cfg.max_batch,
             page_size: cfg.page_size,
             registry,
             policy,
@@ -663,6 +689,35 @@ impl McpCore {
                     return Ok(Answer::Reply(Reply::json(
                         400,
                         jsonrpc::error(Value::Null, INVALID_REQUEST, "empty batch"),
+                    )));
+                }
+                if batch.len() > self.max_batch {
+                    return Ok(Answer::Reply(Reply::json(
+                        400,
+                        jsonrpc::error(
+                            Value::Null,
+                            INVALID_REQUEST,
+                            &format!(
+                                "a batch of {} messages is more than max_batch ({})",
+                                batch.len(),
+                                self.max_batch
+                            ),
+                        ),
+                    )));
+                }
+                // The HTTP request was counted once; every further request in it counts too.
+                let requests = batch
+                    .iter()
+                    .filter(|m| m.get("method").is_some() && m.get("id").is_some())
+                    .count();
+                if !crate::rate_limit::charge_extra(ctx, requests.saturating_sub(1)).await {
+                    return Ok(Answer::Reply(Reply::json(
+                        429,
+                        jsonrpc::error(
+                            Value::Null,
+                            RATE_LIMITED,
+                            "rate limit exceeded: each request of a batch counts",
+                        ),
                     )));
                 }
                 let related = self.stream_sink(&caller);
@@ -847,6 +902,21 @@ impl McpCore {
                 ),
             );
         };
+        if let Some(caps) = params.get("capabilities") {
+            if serde_json::to_vec(caps).map_or(0, |b| b.len()) > MAX_CLIENT_CAPABILITIES {
+                self.count("initialize", "", "error");
+                return Reply::json(
+                    200,
+                    jsonrpc::error(
+                        id,
+                        INVALID_PARAMS,
+                        &format!(
+                            "params.capabilities is larger than {MAX_CLIENT_CAPABILITIES} bytes"
+                        ),
+                    ),
+                );
+            }
+        }
         let version = negotiate(requested);
         let capabilities = self.capabilities(false);
         // Federated upstreams are offered the client's capabilities (sampling, roots…).
@@ -958,8 +1028,11 @@ impl McpCore {
         stream_path: &str,
     ) -> Caller {
         // A read refreshes a known session's idle time; only a new one costs a write.
-        if !session_id.is_empty() && ACTIVE_SESSIONS.get(&session_id).is_none() {
-            ACTIVE_SESSIONS.insert(session_id.clone(), ());
+        if !session_id.is_empty() {
+            let key = session_key(&session_id);
+            if ACTIVE_SESSIONS.get(&key).is_none() {
+                ACTIVE_SESSIONS.insert(key, ());
+            }
         }
         let base = self.policy.is_some().then(|| opa::input_document(req, ctx));
         let tenant = ctx
@@ -1630,7 +1703,7 @@ impl McpCore {
                     Ok(_) => {
                         self.sealer.terminate(id);
                         streams::HUB.close(&self.path, id);
-                        ACTIVE_SESSIONS.invalidate(id);
+                        ACTIVE_SESSIONS.invalidate(&session_key(id));
                         if let Some(fed) = self.federation.clone() {
                             let id = id.to_string();
                             crate::background::handle()

@@ -4,6 +4,7 @@
 //! kept so that a client reconnecting with `Last-Event-ID` gets what it missed. Keep-alive
 //! comments at a set interval keep idle streams open through proxies and reveal dead clients.
 //! Process-wide so that it outlives config reloads (which rebuild the `mcp` filter).
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -22,11 +23,16 @@ const REPLAY: usize = 64;
 const KEEP_IDLE: Duration = Duration::from_secs(600);
 /// Events buffered per stream before a slow client misses some (it can resume).
 const STREAM_BUFFER: usize = 64;
+/// Bytes of events kept per session for resumption (the oldest go first beyond it).
+const REPLAY_BYTES: usize = 256 * 1024;
+/// Sessions the hub keeps at once; a new one beyond it is not kept (counted).
+const MAX_SESSIONS: usize = 50_000;
 
 #[derive(Default)]
 struct SessionStreams {
     next_id: u64,
     recent: VecDeque<(u64, Bytes)>,
+    recent_bytes: usize,
     senders: Vec<mpsc::Sender<Bytes>>,
     idle_since: Option<Instant>,
 }
@@ -88,7 +94,10 @@ impl StreamHub {
             sessions.retain(|_, s| {
                 s.live() > 0 || s.idle_since.is_some_and(|t| t.elapsed() < KEEP_IDLE)
             });
-            let s = sessions.entry(key(path, session)).or_default();
+            let Some(s) = Self::session(&mut sessions, key(path, session)) else {
+                // Full: the stream opens, but hears nothing (and resumes nothing).
+                return rx;
+            };
             if let Some(last) = last_event_id {
                 for (id, ev) in s.recent.iter().filter(|(id, _)| *id > last) {
                     let _ = (id, tx.try_send(ev.clone()));
@@ -119,12 +128,47 @@ impl StreamHub {
         rx
     }
 
+    /// A session's entry, new if need be, unless the hub holds `MAX_SESSIONS` already (after
+    /// forgetting the idle ones); that refusal is counted.
+    fn session(
+        sessions: &mut HashMap<String, SessionStreams>,
+        key: String,
+    ) -> Option<&mut SessionStreams> {
+        if !sessions.contains_key(&key) && sessions.len() >= MAX_SESSIONS {
+            sessions.retain(|_, s| {
+                s.live() > 0 || s.idle_since.is_some_and(|t| t.elapsed() < KEEP_IDLE)
+            });
+            if sessions.len() >= MAX_SESSIONS {
+                FILTER_METRICS
+                    .mcp_dropped
+                    .with_label_values(&["stream_session"])
+                    .inc();
+                return None;
+            }
+        }
+        Some(sessions.entry(key).or_default())
+    }
+
     fn send(s: &mut SessionStreams, message: &Value) {
         s.next_id += 1;
         let ev = event(s.next_id, message);
-        s.recent.push_back((s.next_id, ev.clone()));
-        if s.recent.len() > REPLAY {
-            s.recent.pop_front();
+        let dropped = &FILTER_METRICS.mcp_dropped;
+        if ev.len() > REPLAY_BYTES {
+            // Sent live, but too big to keep for a resume.
+            dropped.with_label_values(&["replay_event"]).inc();
+        } else {
+            s.recent_bytes += ev.len();
+            s.recent.push_back((s.next_id, ev.clone()));
+        }
+        while s.recent.len() > REPLAY || s.recent_bytes > REPLAY_BYTES {
+            let by_bytes = s.recent.len() <= REPLAY;
+            let Some((_, old)) = s.recent.pop_front() else {
+                break;
+            };
+            s.recent_bytes -= old.len();
+            if by_bytes {
+                dropped.with_label_values(&["replay_event"]).inc();
+            }
         }
         // A full stream misses the event (it stays in `recent` for a resume).
         s.senders.retain(|tx| {
@@ -149,9 +193,10 @@ impl StreamHub {
     /// Send a message to one session's streams (kept for resumption when none is open).
     pub fn publish(&self, path: &str, session: &str, message: &Value) {
         let mut sessions = self.sessions.lock().unwrap();
-        let s = sessions.entry(key(path, session)).or_default();
-        s.live();
-        Self::send(s, message);
+        if let Some(s) = Self::session(&mut sessions, key(path, session)) {
+            s.live();
+            Self::send(s, message);
+        }
     }
 
     /// End a session's streams (DELETE) and forget its events.
@@ -173,6 +218,7 @@ impl StreamHub {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use serde_json::json;

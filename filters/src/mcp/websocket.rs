@@ -95,12 +95,21 @@ impl McpCore {
             }
             let _ = frames_out.close().await;
         });
-        let send: MessageSink = {
+        // Server notifications about a call (progress, logging…) are offered without waiting;
+        // a client too slow to take them misses them (counted). Replies are never dropped: they
+        // wait for room, and while they wait no more frames are read (backpressure).
+        let notify: MessageSink = {
             let out = out.clone();
             Arc::new(move |m: Value| {
-                let _ = out.try_send(Message::text(m.to_string()));
+                if out.try_send(Message::text(m.to_string())).is_err() {
+                    crate::metrics::FILTER_METRICS
+                        .mcp_dropped
+                        .with_label_values(&["notification"])
+                        .inc();
+                }
             })
         };
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         let mut server_stream: Option<tokio::task::JoinHandle<()>> = None;
         while let Some(Ok(frame)) = frames_in.next().await {
             let text = match frame {
@@ -112,11 +121,11 @@ impl McpCore {
             let message: Value = match serde_json::from_str(&text) {
                 Ok(m) => m,
                 Err(e) => {
-                    send(jsonrpc::error(
-                        Value::Null,
-                        PARSE_ERROR,
-                        &format!("parse error: {e}"),
-                    ));
+                    let error =
+                        jsonrpc::error(Value::Null, PARSE_ERROR, &format!("parse error: {e}"));
+                    if reply(&out, error).await.is_err() {
+                        break;
+                    }
                     continue;
                 }
             };
@@ -136,29 +145,55 @@ impl McpCore {
                     }
                 }
                 if let Some(body) = reply.body {
-                    send(body);
+                    if self::reply(&out, body).await.is_err() {
+                        break;
+                    }
                 }
                 continue;
             }
             if caller.version.is_empty() {
                 let id = message.get("id").cloned().unwrap_or(Value::Null);
-                if message.get("id").is_some() {
-                    send(jsonrpc::error(id, INVALID_REQUEST, "initialize first"));
+                if message.get("id").is_some()
+                    && reply(
+                        &out,
+                        jsonrpc::error(id, INVALID_REQUEST, "initialize first"),
+                    )
+                    .await
+                    .is_err()
+                {
+                    break;
                 }
                 continue;
             }
             if message.is_array() {
-                send(jsonrpc::error(
+                let error = jsonrpc::error(
                     Value::Null,
                     INVALID_REQUEST,
                     "send one JSON-RPC message per frame",
-                ));
+                );
+                if reply(&out, error).await.is_err() {
+                    break;
+                }
                 continue;
             }
-            let (core, caller, send) = (self.clone(), caller.clone(), send.clone());
+            // At most MAX_IN_FLIGHT requests at once per connection: the next frame is read
+            // when one finishes. Responses and notifications take no slot (a request waiting
+            // for the client's answer to a sampling request must be able to hear it).
+            let is_request = message.get("method").is_some() && message.get("id").is_some();
+            let permit = if is_request {
+                match in_flight.clone().acquire_owned().await {
+                    Ok(p) => Some(p),
+                    Err(_) => break,
+                }
+            } else {
+                None
+            };
+            let (core, caller, notify, out) =
+                (self.clone(), caller.clone(), notify.clone(), out.clone());
             tokio::spawn(async move {
-                if let Some(reply) = core.handle_message(&message, &caller, &send).await {
-                    send(reply);
+                let _permit = permit;
+                if let Some(answer) = core.handle_message(&message, &caller, &notify).await {
+                    let _ = reply(&out, answer).await;
                 }
             });
         }
@@ -172,7 +207,7 @@ impl McpCore {
             fed.close_client(&caller.session_id).await;
         }
         // The writer ends (closing the connection) once every sender is gone.
-        drop((out, send));
+        drop((out, notify));
         let _ = writer.await;
     }
 
@@ -216,6 +251,17 @@ fn frames_of(event: &Bytes) -> Vec<Message> {
         return Vec::new();
     }
     vec![Message::text(data.join("\n"))]
+}
+
+/// Calls one WebSocket connection may have in flight before it stops reading frames.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Queue a JSON-RPC message for the client, waiting for room (an error: the writer is gone).
+async fn reply(
+    out: &mpsc::Sender<Message>,
+    message: Value,
+) -> Result<(), mpsc::error::SendError<Message>> {
+    out.send(Message::text(message.to_string())).await
 }
 
 /// A fresh id for a WebSocket session (never sent to the client).

@@ -4,6 +4,7 @@
 //! timestamps normalised (ISO-8601 strings anywhere; epoch seconds or milliseconds under
 //! time-like keys); other bodies byte for byte. The differences name their field (`status`,
 //! `header.<name>`, `$.a.b[0]`, `body`) with both values masked for logs.
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -397,6 +398,7 @@ impl Comparator {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use serde_json::json;

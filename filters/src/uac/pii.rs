@@ -7,6 +7,7 @@
 //! `secret`, `authorization`…) and under the configured JSON paths; credential headers
 //! (`authorization`, `cookie`, `set-cookie`, API-key headers) and the configured ones are
 //! blanked whole.
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 use once_cell::sync::Lazy;
 use regex::{Captures, Regex};
@@ -155,7 +156,9 @@ pub fn mask_text(text: &str) -> String {
         let whole = c.get(0).expect("match");
         let digits = whole.as_str().chars().filter(char::is_ascii_digit).count();
         // Not a phone: a date and time (`2026-11-23 10:00`), an IPv4 address.
-        let time_follows = t[whole.end()..].starts_with(':');
+        let time_follows = t
+            .get(whole.end()..)
+            .is_some_and(|rest| rest.starts_with(':'));
         let date = ISO_DATE_RE.is_match(whole.as_str());
         let ipv4 = whole.as_str().split('.').count() == 4 && !whole.as_str().contains(' ');
         if (9..=15).contains(&digits) && !time_follows && !date && !ipv4 {
@@ -311,6 +314,7 @@ impl Masker {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use serde_json::json;
