@@ -29,24 +29,31 @@
 #             connections per kind, requests started on a 1 ms tick or as soon as a connection
 #             is free, more than 1 s of backlog skipped and counted, latency measured from the
 #             send; per interval: sent, 2xx/4xx/5xx, transport errors, MCP tool errors in 200
-#             answers, p50/p99/max, reconnects). GEN=oha runs one `oha -q` per kind instead
-#             (client figures only at the end; oha keeps every result in memory for the run)
+#             answers, p50/p99/max, reconnects). GEN=oha runs one `oha -q --latency-correction`
+#             per kind instead (client figures only at the end, and oha keeps every result in
+#             memory for the whole run: per-interval counts then come from /metrics only)
 #   slow      throughout: SLOW_CONNS slowloris connections spread over the three listeners
 #             (a request line, then one header byte every SLOW_DRIP, never finishing the
 #             header) and IDLE_CONNS idle keep-alive connections (proxy and mirror listeners:
 #             one request, then silence), each reconnecting when the gateway cuts it; cuts
 #             and connection lifetimes are counted per interval
 #   samples   every SAMPLE_EVERY from the start of the soak: the gateway's VmRSS, VmHWM, open
-#             fds and threads (/proc/PID), and its admin /metrics (stoa_requests_total per
-#             listener and status, header-timeout closes, mirror copies)
+#             fds and threads (/proc/PID), its CPU share and LOAD_CPU's, and its admin /metrics
+#             (stoa_requests_total per listener and status, open client connections,
+#             header-timeout closes, mirror copies and skips); WARN/ERROR lines of its log
+#             are counted at the end
 # At the end: benches/results/soak-latest.md (RESULTS) with the config, capacity and offered
 # rate, one row per sample, first/last/min/max RSS, the least-squares slope (MiB/hour) and the
 # drift (last sample vs. the first after WARMUP, %) over the samples after WARMUP, and
 # PASS/FAIL against "RSS flat within 10%" (PASS: drift <= 10% and the fitted line rises by
 # <= 10% over the post-warm-up window, and the gateway stayed up). The same summary is printed.
 #
-# Needs: nginx, wrk, curl, taskset, python3 (uvloop is used when importable: more load per
-# CPU second). The binary: cargo build --release --bin stoa-gateway.
+# Exit status: 0 PASS, 2 FAIL, 1 the run could not be made (missing tool, gateway not starting).
+#
+# Needs: nginx, wrk, curl, taskset, python3. For the release binary's rates also uvloop
+# (python3 -m pip install uvloop): the generator uses it when importable, and reaches 30k+
+# req/s on one core with it against 15-20k without. The binary:
+#   cargo build --release --bin stoa-gateway
 #
 # Environment (defaults in brackets):
 #   DURATION [1h]         length of the soak (after the capacity run); 90s, 3m, 1h or seconds
@@ -59,7 +66,7 @@
 #   MIX ["60 20 20"]      shares (%) of proxy GETs, MCP tools/call, mirrored GETs
 #   CONNECTIONS [60]      load connections, split by MIX (at least 2 per kind)
 #   GEN [python]          python or oha;  OHA [oha on PATH, else target/tools/bin/oha]
-#   SLOW_CONNS [200]  SLOW_DRIP [1s]  IDLE_CONNS [100]
+#   SLOW_CONNS [200]  SLOW_DRIP [1s] (or 500ms)  IDLE_CONNS [100]
 #   HEADER_READ_TIMEOUT [10s]  KEEPALIVE_TIMEOUT [60s]   the listeners' http limits
 #   RESTART_EVERY [5m; DURATION/3 when DURATION < 15m]  RESTART_DOWN [10s]
 #                         the flaky upstream's cycle (RESTART_EVERY=0: never)
@@ -988,12 +995,15 @@ for s in samples:
         return "%d/%d/%d%s" % (d["2xx"], d["5xx"] + d["4xx"], d["err"] + d["skipped"], extra)
 
     sent = sum((L.get(x) or {}).get("sent", 0) for x in KINDS)
+    lt_prev = load.get(k - 1, {}).get("t", 0.0) if k > 1 else 0.0
+    interval = (load[k]["t"] - lt_prev) if k in load else 0
     pv = prev_s or s
     dt = s["t"] - pv["t"]
+    if prev_s and dt > 1.2 * P["every_s"]:
+        ev_by_k.setdefault(k, []).append("sample %.0f s late (the whole machine stalled?)" % (dt - P["every_s"]))
     gcpu = "%.0f" % ((s["jif"] - pv["jif"]) / P["clk_tck"] / dt * 100) if dt > 0 else "-"
     lcpu = "%.0f" % ((s["busy"] - pv["busy"]) * 100 / (s["total"] - pv["total"])) if s["total"] > pv["total"] else "-"
     prev_s = s
-    interval = P["every_s"] if k else 0
     row = {
         "t": "%d:%02d" % (int(s["t"]) // 60, int(s["t"]) % 60),
         "rss": "%.1f" % s["rss"],
@@ -1001,7 +1011,7 @@ for s in samples:
         "fds": s["fds"], "thr": s["threads"],
         "conns": "%d" % msum(m, "stoa_downstream_connections") if m else "-",
         "cpu": "%s/%s" % (gcpu, lcpu),
-        "rps": "%.0f" % (sent / interval) if interval and L else "-",
+        "rps": "%.0f" % (sent / interval) if interval > 0 and L else "-",
         "proxy": cl("proxy"), "mcp": cl("mcp"), "mirror": cl("mirror"),
         "p99": "/".join(ms((L.get(x) or {}).get("p99_us")) for x in KINDS) if L else "-",
         "gw": "%s/%s/%s" % (gw("proxy", "2"), gw("mcp", "2"), gw("mirror", "2")),
@@ -1034,18 +1044,17 @@ for (n, labels), v in fm.items():
 # the gateway's log
 glog = os.path.join(tmp, "gw.log")
 levels, msgs, panics, nlines = Counter(), Counter(), 0, 0
+# (a regex, not json.loads: an hour with a restarting upstream is millions of WARN lines)
+JLEVEL = re.compile(r'"level":"(WARN|ERROR)","message":"((?:[^"\\]|\\.)*)"')
+PLEVEL = re.compile(r'\b(WARN|ERROR)\b\s*(.*)')
 if os.path.exists(glog):
     for line in open(glog, errors="replace"):
         nlines += 1
         if "panicked" in line:
             panics += 1
-        try:
-            d = json.loads(line)
-            lv, msg = d.get("level", ""), str(d.get("message", ""))
-        except ValueError:
-            x = re.search(r'\b(ERROR|WARN)\b', line)
-            lv, msg = (x.group(1), line[x.end():].strip()) if x else ("", "")
-        if lv in ("ERROR", "WARN"):
+        x = JLEVEL.search(line) or PLEVEL.search(line)
+        if x:
+            lv, msg = x.group(1), x.group(2)
             levels[lv] += 1
             msgs["%s %s" % (lv, re.sub(r'\d+', 'N', msg)[:150])] += 1
 
@@ -1160,8 +1169,11 @@ open(results, "w").write("\n".join(out) + "\n")
 
 # stdout summary
 print("soak: %s  (RSS flat within %g%%)" % (verdict, flat) + ("  -- " + ", ".join(reasons) if reasons else ""))
-print("  capacity %s req/s; offered %d req/s (proxy %.0f, mcp %.0f, mirror %.0f); achieved %.0f req/s" % (
-    cap or "-", P["rate"], P["rates"]["proxy"], P["rates"]["mcp"], P["rates"]["mirror"], achieved))
+print("  capacity %s req/s; offered %d req/s (proxy %.0f, mcp %.0f, mirror %.0f); achieved %s req/s" % (
+    cap or "-", P["rate"], P["rates"]["proxy"], P["rates"]["mcp"], P["rates"]["mirror"],
+    "%.0f" % achieved if P["gen"] == "python" else "(oha, below)"))
+for kind, line in oha.items():
+    print("  oha %s: %s" % (kind, line))
 print("  RSS MiB: first %.1f, first after warm-up %.1f (t=%ds), last %.1f, min %.1f, max %.1f" % (
     samples[0]["rss"], base["rss"], base["t"], last["rss"], min(rss), max(rss)))
 print("  slope %s MiB/hour after warm-up (%s over all), drift %+.1f%%, fitted rise %+.1f%%" % (f1(slope_warm), f1(slope_all), drift, fitted_rise))
@@ -1291,11 +1303,11 @@ if ! alive "$GW_PID"; then
 fi
 [ "$NEXT_UP_US" -gt 0 ] && { start_nginx "$TMP/flaky"; FLAKY_PID="$LAST_PID"; }
 
-# The helpers end by themselves right after the last interval; give them a moment.
-for p in ${LOAD_PID:-} "$SLOW_PID" "${OHA_PIDS[@]}"; do
-  for ((i = 0; i < 100; i++)); do alive "$p" || break; sleep 0.1; done
-  stop_pid "$p" INT; forget_pid "$p"
+# The Python helpers write their last interval on SIGINT and stop; oha ends by itself at -z.
+for p in "${OHA_PIDS[@]}"; do
+  for ((i = 0; i < 150; i++)); do alive "$p" || break; sleep 0.1; done
 done
+for p in ${LOAD_PID:-} "$SLOW_PID" "${OHA_PIDS[@]}"; do stop_pid "$p" INT; forget_pid "$p"; done
 sleep 1
 RSS_END_KB="$(vm_kb "$GW_PID" VmRSS)"
 curl -s --max-time 5 "http://127.0.0.1:$ADMIN/metrics" >"$TMP/metrics/final.prom" 2>/dev/null

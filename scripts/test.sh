@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: dependencies, formatting, lints, unit and integration
-# tests (the real binary against real servers on 127.0.0.1), and a compile check of the benches.
+# tests (the real binary against real servers on 127.0.0.1), a compile check of the benches, and
+# a short smoke run of every fuzz target from its seed corpus (FUZZ_SECONDS each, default 5;
+# FUZZ_SECONDS=0 skips it; the long runs are `bash fuzz/run.sh`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,3 +11,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast
+if [[ "${FUZZ_SECONDS:-5}" != "0" ]]; then
+  (cd fuzz && cargo fmt -- --check)
+  bash fuzz/run.sh "${FUZZ_SECONDS:-5}"
+fi

@@ -324,7 +324,26 @@ impl GetSocketDigest for HeaderDeadline {
 #[async_trait]
 impl Peek for HeaderDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        let peeked = self.inner.try_peek(buf).await?;
+        // Pingora peeks for the h2c preface on plaintext HTTP/2 listeners and waits until it
+        // has the preface's 24 bytes: a client sending fewer is held to the same deadline.
+        let peek = self.inner.try_peek(buf);
+        let peeked = if self.limit.is_zero() {
+            peek.await?
+        } else {
+            match tokio::time::timeout(self.limit, peek).await {
+                Ok(peeked) => peeked?,
+                Err(_) => {
+                    METRICS
+                        .connections_refused
+                        .with_label_values(&[&*self.listener, "header_timeout"])
+                        .inc();
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request header not received within header_read_timeout",
+                    ));
+                }
+            }
+        };
         if peeked && buf.starts_with(H2_PREFACE_START) {
             self.phase = Phase::Off;
         }

@@ -2,20 +2,6 @@
 //! builds a mode preset), then wires one Pingora proxy service per listener, the admin listener
 //! and the control plane (reload + health checks) into a Pingora server.
 
-mod admin;
-mod admin_guard;
-mod circuit;
-mod cluster;
-mod config;
-mod connection;
-mod control;
-mod logging;
-mod metrics;
-mod overrides;
-mod presets;
-mod proxy;
-mod runtime;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -29,9 +15,10 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use tracing::{info, warn};
 
-use crate::config::{GatewayConfig, Mode};
-use crate::overrides::Overrides;
-use crate::runtime::{GatewayState, SharedState};
+use stoa_gateway::config::{self, GatewayConfig, Mode};
+use stoa_gateway::overrides::Overrides;
+use stoa_gateway::runtime::{GatewayState, SharedState};
+use stoa_gateway::{admin, connection, control, logging, presets, proxy};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -67,6 +54,10 @@ struct Cli {
     /// Admin listener address (default 127.0.0.1:9901).
     #[arg(long, env = "GATEWAY_ADMIN_ADDRESS", global = true)]
     admin_address: Option<String>,
+    /// A read-only listener for `/health`, `/ready` and `/metrics` only (Kubernetes probes,
+    /// Prometheus), so the admin API itself can stay on loopback.
+    #[arg(long, env = "GATEWAY_PROBE_ADDRESS")]
+    probe_address: Option<String>,
     /// Log level: error, warn, info, debug, trace (or a tracing filter).
     #[arg(long, env = "GATEWAY_LOG_LEVEL")]
     log_level: Option<String>,
@@ -212,6 +203,7 @@ fn main() {
     let overrides = Overrides {
         port: cli.port,
         admin_address: cli.admin_address.clone(),
+        probe_address: cli.probe_address.clone(),
         log_level: cli.log_level.clone(),
         mode: cli.mode,
         mirror: mirror_target(&cli),

@@ -133,6 +133,15 @@ impl Metrics {
             )
             .as_bytes(),
         );
+        let suppressed =
+            crate::logging::LINES_SUPPRESSED.load(std::sync::atomic::Ordering::Relaxed);
+        buf.extend_from_slice(
+            format!(
+                "# HELP stoa_log_lines_suppressed_total Warning and error lines dropped by the per-call-site log rate limit\n\
+                 # TYPE stoa_log_lines_suppressed_total counter\nstoa_log_lines_suppressed_total {suppressed}\n"
+            )
+            .as_bytes(),
+        );
         buf
     }
 }

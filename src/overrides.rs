@@ -1,5 +1,5 @@
 //! `Overrides`: values from the command line and environment (`GATEWAY_PORT`,
-//! `GATEWAY_ADMIN_ADDRESS`, `GATEWAY_LOG_LEVEL`, ...) that win over the config file, applied on
+//! `GATEWAY_ADMIN_ADDRESS`, `GATEWAY_PROBE_ADDRESS`, `GATEWAY_LOG_LEVEL`, ...) that win over the config file, applied on
 //! the first load and again on every reload.
 
 use crate::config::GatewayConfig;
@@ -9,6 +9,8 @@ pub struct Overrides {
     /// Port of the first listener.
     pub port: Option<u16>,
     pub admin_address: Option<String>,
+    /// `--probe-address`: the read-only probe listener (`admin.probe_address`).
+    pub probe_address: Option<String>,
     pub log_level: Option<String>,
     pub mode: Option<crate::config::Mode>,
     /// `--mirror URL` (or `SHADOW_MODE_ENABLED=true` + `SHADOW_RUST_GATEWAY_URL`): a `mirror`
@@ -31,6 +33,9 @@ impl Overrides {
         }
         if let Some(a) = &self.admin_address {
             cfg.admin.address = a.clone();
+        }
+        if let Some(a) = &self.probe_address {
+            cfg.admin.probe_address = Some(a.clone());
         }
         if let Some(l) = &self.log_level {
             cfg.gateway.log_level = Some(l.clone());

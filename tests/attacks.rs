@@ -11,40 +11,20 @@ use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-const DENY: &str = r#"
+const DENY_LISTENER: &str = r#"
 listeners:
   - name: pub
     address: "127.0.0.1:@PORT@"
     chains: [main]
-chains:
-  main:
-    - type: headers
-      request:
-        set: { x-seen-host: "{{ host }}", x-seen-path: "{{ path }}" }
-    - type: router
-      routes:
-        - name: deny-admin
-          match: { path_prefix: /admin }
-          respond: { status: 403, body: "denied\n" }
-        - name: deny-internal
-          match: { path_exact: /internal }
-          respond: { status: 403, body: "denied\n" }
-        - name: deny-delete
-          match: { methods: [DELETE] }
-          respond: { status: 403, body: "denied\n" }
-        - name: tenant
-          match: { host: "*.tenant.example" }
-          cluster: up
-        - name: rest
-          match: { path_prefix: / }
-          cluster: up
-clusters:
-  up:
-    endpoints: ["@UP@"]
 "#;
 
+/// The deny chain behind one plaintext HTTP/1 listener, to `up`.
+fn deny_config(up: &Upstream) -> String {
+    format!("{DENY_LISTENER}{}", raw::DENY_CHAIN).replace("@UP@", &up.address())
+}
+
 async fn deny_gateway(up: &Upstream) -> Gateway {
-    Gateway::start(&DENY.replace("@UP@", &up.address())).await
+    Gateway::start(&deny_config(up)).await
 }
 
 /// The gateway still answers on its listener and its admin API.
@@ -223,7 +203,7 @@ async fn router_denies_cannot_be_walked_around() {
 #[tokio::test]
 async fn escaped_slashes_can_be_kept_and_merging_turned_off() {
     let up = echo("up").await;
-    let yaml = DENY.replace("@UP@", &up.address()).replace(
+    let yaml = deny_config(&up).replace(
         "    chains: [main]\n",
         "    chains: [main]\n    http: { merge_slashes: false, escaped_slashes: keep }\n",
     );
@@ -554,4 +534,54 @@ async fn without_a_configured_token_state_changing_admin_calls_are_refused() {
     .unwrap();
     assert!(!status.success());
     assert!(err.contains("at least 16 characters"), "{err}");
+}
+
+/// On a plaintext listener with h2c, Pingora waits for 24 bytes (the HTTP/2 preface) before
+/// it reads anything: a client that sends fewer is held to the header deadline too.
+#[tokio::test]
+async fn a_short_request_on_an_h2c_listener_is_cut_off() {
+    let up = echo("up").await;
+    let yaml = SLOW.replace("@UP@", &up.address()).replace(
+        "    chains: [main]\n",
+        "    chains: [main]\n    http2: true\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut short = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    short.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    assert!(
+        raw::closed_within(&mut short, Duration::from_secs(8)).await,
+        "a request shorter than the h2 preface held its connection"
+    );
+    // A whole request (longer than the preface) is served as usual.
+    let r = raw::get(gw.port, b"/fine").await;
+    assert_eq!(r.status, 200);
+}
+
+/// Clients can make the gateway log (every request to a dead upstream is a warning): the
+/// lines of one call site are capped per second, the rest counted, so no client fills a disk.
+#[tokio::test]
+async fn a_client_cannot_flood_the_logs() {
+    let yaml = format!(
+        "listeners:\n  - {{ name: pub, address: \"127.0.0.1:@PORT@\", chains: [main] }}\nchains:\n  main:\n    - type: router\n      routes: [{{ name: dead, match: {{ path_prefix: / }}, cluster: dead }}]\nclusters:\n  dead:\n    endpoints: [\"127.0.0.1:{}\"]\n    passive_ejection: {{ duration: 0s }}\n    retries: 0\n",
+        closed_port()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let started = Instant::now();
+    let c = client();
+    for _ in 0..300 {
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 502);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = gw.stderr().matches("upstream connect failed").count() as u64;
+    assert!(
+        lines <= 20 * (seconds + 1),
+        "{lines} lines in {seconds} s for one call site"
+    );
+    let suppressed = gw
+        .metric("stoa_log_lines_suppressed_total", &[])
+        .await
+        .unwrap_or(0.0);
+    assert!(suppressed >= 1.0, "nothing was suppressed ({lines} lines)");
 }

@@ -27,31 +27,6 @@ listeners:
     chains: [main]
     http2: true
     tls: { cert: "@CERT@", key: "@KEY@" }
-chains:
-  main:
-    - type: headers
-      request:
-        set: { x-seen-host: "{{ host }}", x-seen-path: "{{ path }}" }
-    - type: router
-      routes:
-        - name: deny-admin
-          match: { path_prefix: /admin }
-          respond: { status: 403, body: "denied\n" }
-        - name: deny-internal
-          match: { path_exact: /internal }
-          respond: { status: 403, body: "denied\n" }
-        - name: deny-delete
-          match: { methods: [DELETE] }
-          respond: { status: 403, body: "denied\n" }
-        - name: tenant
-          match: { host: "*.tenant.example" }
-          cluster: up
-        - name: rest
-          match: { path_prefix: / }
-          cluster: up
-clusters:
-  up:
-    endpoints: ["@UP@"]
 "#;
 
 /// The gateway with its h2c listener on `port` and its TLS (ALPN h2) listener on `port2`.
@@ -63,7 +38,7 @@ struct H2Gateway {
 async fn h2_gateway(up: &Upstream) -> H2Gateway {
     let certs_dir = TempDir::new().unwrap();
     let certs = make_certs(certs_dir.path());
-    let yaml = DENY_H2
+    let yaml = format!("{DENY_H2}{}", raw::DENY_CHAIN)
         .replace("@UP@", &up.address())
         .replace("@CERT@", &certs.cert.display().to_string())
         .replace("@KEY@", &certs.key.display().to_string());

@@ -63,7 +63,7 @@ static WEIGHTS: Lazy<Mutex<HashMap<String, Arc<Weight>>>> = Lazy::new(Default::d
 fn weight_of(name: &str) -> Arc<Weight> {
     WEIGHTS
         .lock()
-        .unwrap()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .entry(name.to_string())
         .or_insert_with(|| {
             Arc::new(Weight {
@@ -81,7 +81,7 @@ pub fn set_weight(name: &str, weight: f64) -> std::result::Result<(), String> {
     }
     let w = WEIGHTS
         .lock()
-        .unwrap()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .get(name)
         .cloned()
         .ok_or_else(|| format!("no canary named `{name}`"))?;
@@ -97,7 +97,7 @@ pub fn set_weight(name: &str, weight: f64) -> std::result::Result<(), String> {
 pub fn weights() -> Vec<(String, f64)> {
     let mut all: Vec<(String, f64)> = WEIGHTS
         .lock()
-        .unwrap()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
         .map(|(n, w)| (n.clone(), f64::from_bits(w.live.load(Ordering::Relaxed))))
         .collect();
@@ -157,7 +157,11 @@ impl Filter for Canary {
     /// Now serving: the config's weight applies when it differs from what the previous config
     /// said (a weight set through the admin API survives reloads that leave `weight` alone).
     fn activate(&self) {
-        let mut configured = self.weight.configured.lock().unwrap();
+        let mut configured = self
+            .weight
+            .configured
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *configured != Some(self.configured) {
             *configured = Some(self.configured);
             self.weight

@@ -98,3 +98,34 @@ pub async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
         }
     }
 }
+
+/// The attack suite's chain `main`: deny routes an attacker tries to walk around (a prefix, an
+/// exact path, a method), a host route, then everything else to the upstream `@UP@`; the
+/// host and path the chain saw are sent upstream as `x-seen-host` / `x-seen-path`.
+pub const DENY_CHAIN: &str = r#"
+chains:
+  main:
+    - type: headers
+      request:
+        set: { x-seen-host: "{{ host }}", x-seen-path: "{{ path }}" }
+    - type: router
+      routes:
+        - name: deny-admin
+          match: { path_prefix: /admin }
+          respond: { status: 403, body: "denied\n" }
+        - name: deny-internal
+          match: { path_exact: /internal }
+          respond: { status: 403, body: "denied\n" }
+        - name: deny-delete
+          match: { methods: [DELETE] }
+          respond: { status: 403, body: "denied\n" }
+        - name: tenant
+          match: { host: "*.tenant.example" }
+          cluster: up
+        - name: rest
+          match: { path_prefix: / }
+          cluster: up
+clusters:
+  up:
+    endpoints: ["@UP@"]
+"#;

@@ -1257,10 +1257,13 @@ impl McpCore {
         let key = (caller.session_id.clone(), id.to_string());
         self.in_flight
             .lock()
-            .unwrap()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key.clone(), (handle, upstream));
         let outcome = futures::future::Abortable::new(work, registration).await;
-        self.in_flight.lock().unwrap().remove(&key);
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
         outcome.ok()
     }
 
@@ -1355,7 +1358,12 @@ impl McpCore {
     fn cancel(&self, caller: &Caller, request_id: Option<&Value>, notification: &Value) {
         let Some(rid) = request_id else { return };
         let key = (caller.session_id.clone(), rid.to_string());
-        let Some((handle, upstream)) = self.in_flight.lock().unwrap().remove(&key) else {
+        let Some((handle, upstream)) = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key)
+        else {
             return;
         };
         handle.abort();
@@ -1598,7 +1606,7 @@ impl McpCore {
         let listing = serde_json::to_string(&tools).unwrap_or_default();
         let previous = SERVED_TOOLS
             .lock()
-            .unwrap()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(self.path.clone(), listing.clone());
         if previous.is_some_and(|p| p != listing) {
             let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});

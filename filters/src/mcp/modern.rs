@@ -380,7 +380,11 @@ mod tests {
     fn shared_sessions_keep_clients_apart() {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let into = seen.clone();
-        let related: MessageSink = Arc::new(move |m| into.lock().unwrap().push(m));
+        let related: MessageSink = Arc::new(move |m| {
+            into.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(m)
+        });
         let message = request(
             "tools/call",
             json!({"name": "t", "_meta": {"progressToken": 7}}),
@@ -398,7 +402,9 @@ mod tests {
         sink(json!({"method": "notifications/message", "params": {"level": "info"}}));
         sink(json!({"method": "notifications/message", "params": {"level": "error"}}));
         sink(json!({"id": 1, "method": "sampling/createMessage"}));
-        let seen = seen.lock().unwrap();
+        let seen = seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         assert_eq!(seen.len(), 2, "{seen:?}");
         assert_eq!(seen[0]["params"]["progressToken"], 7);
         assert_eq!(seen[1]["params"]["level"], "error");

@@ -90,7 +90,10 @@ impl StreamHub {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER + REPLAY);
         let _ = tx.try_send(first);
         {
-            let mut sessions = self.sessions.lock().unwrap();
+            let mut sessions = self
+                .sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             sessions.retain(|_, s| {
                 s.live() > 0 || s.idle_since.is_some_and(|t| t.elapsed() < KEEP_IDLE)
             });
@@ -182,7 +185,10 @@ impl StreamHub {
     /// Send a message to every session with a stream on `path`.
     pub fn broadcast(&self, path: &str, message: &Value) {
         let prefix = format!("{path}\u{0}");
-        let mut sessions = self.sessions.lock().unwrap();
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (_, s) in sessions.iter_mut().filter(|(k, _)| k.starts_with(&prefix)) {
             if s.live() > 0 {
                 Self::send(s, message);
@@ -192,7 +198,10 @@ impl StreamHub {
 
     /// Send a message to one session's streams (kept for resumption when none is open).
     pub fn publish(&self, path: &str, session: &str, message: &Value) {
-        let mut sessions = self.sessions.lock().unwrap();
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(s) = Self::session(&mut sessions, key(path, session)) {
             s.live();
             Self::send(s, message);
@@ -201,14 +210,20 @@ impl StreamHub {
 
     /// End a session's streams (DELETE) and forget its events.
     pub fn close(&self, path: &str, session: &str) {
-        self.sessions.lock().unwrap().remove(&key(path, session));
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key(path, session));
     }
 
     /// Open streams on `path`.
     #[cfg(test)]
     pub fn open_streams(&self, path: &str) -> usize {
         let prefix = format!("{path}\u{0}");
-        let mut sessions = self.sessions.lock().unwrap();
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         sessions
             .iter_mut()
             .filter(|(k, _)| k.starts_with(&prefix))

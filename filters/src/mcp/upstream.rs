@@ -99,7 +99,10 @@ impl Pending {
     /// request with its token, anything else to the oldest waiting request's sink (it most
     /// likely belongs to that call), or to `idle`.
     fn dispatch(&self, message: Value, idle: &MessageSink) {
-        let mut waiting = self.waiting.lock().unwrap();
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if is_response(&message) {
             let id = message.get("id").map(Value::to_string).unwrap_or_default();
             if let Some(at) = waiting.iter().position(|w| w.id == id) {
@@ -295,7 +298,11 @@ impl UpstreamSession {
                 }
             }
             // The stream is the session: when it ends, waiting requests fail.
-            reader_pending.waiting.lock().unwrap().clear();
+            reader_pending
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
         });
         let mut session = UpstreamSession {
             endpoint,
@@ -386,12 +393,16 @@ impl UpstreamSession {
                     let progress_token = message["params"]["_meta"]
                         .get("progressToken")
                         .map(Value::to_string);
-                    pending.waiting.lock().unwrap().push(Waiting {
-                        id: key.clone(),
-                        progress_token,
-                        answer: tx,
-                        related: related.clone(),
-                    });
+                    pending
+                        .waiting
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(Waiting {
+                            id: key.clone(),
+                            progress_token,
+                            answer: tx,
+                            related: related.clone(),
+                        });
                     let sent = self.post(&message).await;
                     let answer = match sent {
                         Ok(_) => rx
@@ -399,7 +410,11 @@ impl UpstreamSession {
                             .map_err(|_| failed("the upstream's SSE stream ended")),
                         Err(e) => Err(e),
                     };
-                    pending.waiting.lock().unwrap().retain(|w| w.id != key);
+                    pending
+                        .waiting
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .retain(|w| w.id != key);
                     answer
                 }
             }
@@ -483,23 +498,42 @@ mod tests {
         let pending = Pending::default();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (seen_idle, seen_call) = (seen.clone(), seen.clone());
-        let idle: MessageSink = Arc::new(move |m| seen_idle.lock().unwrap().push(("idle", m)));
-        let call: MessageSink = Arc::new(move |m| seen_call.lock().unwrap().push(("call", m)));
+        let idle: MessageSink = Arc::new(move |m| {
+            seen_idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(("idle", m))
+        });
+        let call: MessageSink = Arc::new(move |m| {
+            seen_call
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(("call", m))
+        });
         pending.dispatch(json!({"method": "notifications/message"}), &idle);
         let seen_other = seen.clone();
-        let other: MessageSink = Arc::new(move |m| seen_other.lock().unwrap().push(("other", m)));
+        let other: MessageSink = Arc::new(move |m| {
+            seen_other
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(("other", m))
+        });
         let (tx, mut rx) = oneshot::channel();
         let (other_tx, _other_rx) = oneshot::channel();
         for (id, token, answer, related) in [
             ("7", None, tx, call),
             ("8", Some("\"t8\""), other_tx, other),
         ] {
-            pending.waiting.lock().unwrap().push(Waiting {
-                id: id.into(),
-                progress_token: token.map(str::to_string),
-                answer,
-                related,
-            });
+            pending
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(Waiting {
+                    id: id.into(),
+                    progress_token: token.map(str::to_string),
+                    answer,
+                    related,
+                });
         }
         pending.dispatch(json!({"method": "notifications/message"}), &idle);
         pending.dispatch(
@@ -508,9 +542,18 @@ mod tests {
         );
         pending.dispatch(json!({"jsonrpc": "2.0", "id": 7, "result": {}}), &idle);
         assert_eq!(rx.try_recv().unwrap()["id"], 7);
-        let seen = seen.lock().unwrap();
+        let seen = seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let who: Vec<&str> = seen.iter().map(|(w, _)| *w).collect();
         assert_eq!(who, vec!["idle", "call", "other"]);
-        assert_eq!(pending.waiting.lock().unwrap().len(), 1);
+        assert_eq!(
+            pending
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .len(),
+            1
+        );
     }
 }

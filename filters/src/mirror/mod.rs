@@ -178,7 +178,9 @@ static FIELD_LABELS: Lazy<std::sync::Mutex<std::collections::HashSet<String>>> =
 
 fn field_label(field: &str) -> String {
     let general = compare::generalise(field);
-    let mut seen = FIELD_LABELS.lock().unwrap();
+    let mut seen = FIELD_LABELS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if seen.contains(&general) || seen.len() < MAX_FIELD_LABELS {
         seen.insert(general.clone());
         general
@@ -297,7 +299,9 @@ impl Filter for Mirror {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(chunk), Some(c)) = (body.as_ref(), capture(ctx)) {
-            c.lock().unwrap().keep(false, chunk, self.max_body);
+            c.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .keep(false, chunk, self.max_body);
         }
         Ok(())
     }
@@ -309,7 +313,9 @@ impl Filter for Mirror {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(c) = capture(ctx) {
-            c.lock().unwrap().respond(response);
+            c.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .respond(response);
         }
         Ok(())
     }
@@ -321,7 +327,9 @@ impl Filter for Mirror {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(chunk), Some(c)) = (body.as_ref(), capture(ctx)) {
-            c.lock().unwrap().keep(true, chunk, self.max_body);
+            c.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .keep(true, chunk, self.max_body);
         }
         Ok(())
     }
@@ -330,7 +338,8 @@ impl Filter for Mirror {
     fn on_logging(&self, _session: &Session, ctx: &RequestCtx, status: u16) {
         let Some(c) = capture(ctx) else { return };
         let route = ctx.route_name().to_string();
-        let capture = std::mem::take(&mut *c.lock().unwrap());
+        let capture =
+            std::mem::take(&mut *c.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         if capture.too_large {
             Mirror::skipped(&route, "body_too_large");
             return;

@@ -40,7 +40,9 @@ static NOISE: Lazy<Mutex<BTreeMap<String, RouteNoise>>> = Lazy::new(Default::def
 
 /// A baseline request's outcome: `ok`, `error` or `timeout`.
 pub fn record_baseline(route: &str, status: &str) {
-    let mut all = NOISE.lock().unwrap();
+    let mut all = NOISE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let r = all.entry(route.to_string()).or_default();
     match status {
         "ok" => r.baseline_ok += 1,
@@ -58,7 +60,9 @@ pub fn separate(
     baseline: Option<&[Difference]>,
     margin: f64,
 ) -> (Vec<Difference>, Vec<Difference>) {
-    let mut all = NOISE.lock().unwrap();
+    let mut all = NOISE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let r = all.entry(route.to_string()).or_default();
     let noisy_now: HashSet<String> = baseline
         .unwrap_or_default()
@@ -103,7 +107,9 @@ pub fn separate(
 
 /// Per route: baseline outcomes and the noisy fields with both rates, noisiest first.
 pub fn snapshot() -> BTreeMap<String, Value> {
-    let all = NOISE.lock().unwrap();
+    let all = NOISE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     all.iter()
         .map(|(route, r)| {
             let compared = r.compared.max(1) as f64;
@@ -136,7 +142,10 @@ pub fn snapshot() -> BTreeMap<String, Value> {
 
 /// Forget everything learned.
 pub fn reset() {
-    NOISE.lock().unwrap().clear();
+    NOISE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clear();
 }
 
 #[cfg(test)]

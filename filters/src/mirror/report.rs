@@ -34,7 +34,9 @@ static REPORT: Lazy<Mutex<BTreeMap<String, RouteReport>>> = Lazy::new(Default::d
 
 /// A copy's outcome: `ok`, `error` or `timeout`.
 pub fn record_outcome(route: &str, status: &str) {
-    let mut report = REPORT.lock().unwrap();
+    let mut report = REPORT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let r = report.entry(route.to_string()).or_default();
     match status {
         "ok" => r.ok += 1,
@@ -51,7 +53,9 @@ pub fn record_comparison(
     request_id: &str,
     differences: &[Difference],
 ) {
-    let mut report = REPORT.lock().unwrap();
+    let mut report = REPORT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let r = report.entry(route.to_string()).or_default();
     if differences.is_empty() {
         r.matched += 1;
@@ -79,7 +83,9 @@ pub fn record_comparison(
 
 /// The report as JSON: totals and one entry per route.
 pub fn snapshot() -> Value {
-    let report = REPORT.lock().unwrap();
+    let report = REPORT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut noise = super::noise::snapshot();
     let (mut matched, mut compared) = (0u64, 0u64);
     let routes: BTreeMap<&String, Value> = report
@@ -123,6 +129,9 @@ fn rate(matched: u64, total: u64) -> Value {
 
 /// Forget everything (`DELETE /shadow/report`), the learned noise included.
 pub fn reset() {
-    REPORT.lock().unwrap().clear();
+    REPORT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clear();
     super::noise::reset();
 }

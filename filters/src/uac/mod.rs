@@ -492,7 +492,10 @@ impl Observatory {
 
     /// Infer the drafts of every API with samples and store them; returns the API names.
     pub fn refresh_drafts(&self) -> std::result::Result<Vec<String>, String> {
-        let _one = self.infer_lock.lock().unwrap();
+        let _one = self
+            .infer_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let gen = self.settings().cfg.uac_generation.clone();
         let mut apis: Vec<String> = self.store.apis()?.into_iter().map(|a| a.0).collect();
         for api in &apis {
@@ -574,7 +577,10 @@ struct Captured {
 /// A body chunk kept in the captured exchange (up to `capture.max_body`).
 fn keep_chunk(ctx: &RequestCtx, response: bool, chunk: Option<&Bytes>) {
     if let (Some(chunk), Some(c)) = (chunk, ctx.extensions.get::<Captured>()) {
-        c.exchange.lock().unwrap().keep(response, chunk, c.max_body);
+        c.exchange
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keep(response, chunk, c.max_body);
     }
 }
 
@@ -666,7 +672,10 @@ impl Filter for ShadowCapture {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(c) = ctx.extensions.get::<Captured>() {
-            c.exchange.lock().unwrap().respond(response);
+            c.exchange
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .respond(response);
         }
         Ok(())
     }
@@ -686,7 +695,12 @@ impl Filter for ShadowCapture {
         let (Some(c), Some(obs)) = (ctx.extensions.get::<Captured>(), observatory()) else {
             return;
         };
-        let mut exchange = std::mem::take(&mut *c.exchange.lock().unwrap());
+        let mut exchange = std::mem::take(
+            &mut *c
+                .exchange
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         if status == 0 || exchange.status == 0 {
             ShadowCapture::counted(&c.api, "no_response");
             return;

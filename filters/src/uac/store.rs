@@ -99,7 +99,10 @@ impl Store {
 
     /// Store samples in one transaction, then keep the file under its bound (oldest first).
     pub fn insert(&self, samples: &[Sample]) -> Result<(), String> {
-        let mut conn = self.conn.lock().unwrap();
+        let mut conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = conn.transaction().map_err(err)?;
         {
             let mut stmt = tx
@@ -147,7 +150,10 @@ impl Store {
 
     /// Remove the samples captured before `before` (Unix ms); how many went.
     pub fn purge(&self, before: i64) -> Result<usize, String> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = conn
             .execute("DELETE FROM samples WHERE at < ?1", params![before])
             .map_err(err)?;
@@ -160,7 +166,10 @@ impl Store {
 
     /// Every sample of `api`, oldest first.
     pub fn samples(&self, api: &str) -> Result<Vec<Sample>, String> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut stmt = conn
             .prepare_cached("SELECT doc FROM samples WHERE api = ?1 ORDER BY id")
             .map_err(err)?;
@@ -175,7 +184,10 @@ impl Store {
 
     /// Per API: samples held, first and last capture (Unix ms).
     pub fn apis(&self) -> Result<Vec<(String, u64, i64, i64)>, String> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut stmt = conn
             .prepare_cached(
                 "SELECT api, COUNT(*), MIN(at), MAX(at) FROM samples GROUP BY api ORDER BY api",
@@ -195,7 +207,10 @@ impl Store {
     }
 
     pub fn sample_count(&self) -> Result<u64, String> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         conn.query_row("SELECT COUNT(*) FROM samples", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
             .map_err(err)
@@ -203,7 +218,10 @@ impl Store {
 
     /// One audit record.
     pub fn audit(&self, who: &str, action: &str, target: &str, reason: &str) -> Result<(), String> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         conn.execute(
             "INSERT INTO audit (at, who, action, target, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![now_ms(), who, action, target, reason],
@@ -214,7 +232,10 @@ impl Store {
 
     /// The latest audit records, newest first.
     pub fn audit_log(&self, limit: usize) -> Result<Vec<Value>, String> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut stmt = conn
             .prepare_cached(
                 "SELECT at, who, action, target, reason FROM audit ORDER BY id DESC LIMIT ?1",
@@ -235,7 +256,10 @@ impl Store {
     }
 
     pub fn contract(&self, api: &str) -> Result<Option<ContractRow>, String> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         conn.query_row(
             "SELECT api, draft, draft_status, draft_at, reviewed_by, reviewed_at, review_reason,
                     approved, approved_by, approved_at FROM contracts WHERE api = ?1",
@@ -261,7 +285,10 @@ impl Store {
     }
 
     pub fn contract_apis(&self) -> Result<Vec<String>, String> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut stmt = conn
             .prepare_cached("SELECT api FROM contracts ORDER BY api")
             .map_err(err)?;
@@ -271,7 +298,10 @@ impl Store {
 
     /// A newly inferred draft: replaces the previous draft (and its review) when it differs.
     pub fn put_draft(&self, api: &str, draft: &Value) -> Result<(), String> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let text = draft.to_string();
         conn.execute(
             "INSERT INTO contracts (api, draft, draft_status, draft_at) VALUES (?1, ?2, 'draft', ?3)
@@ -287,7 +317,10 @@ impl Store {
 
     /// Approve the current draft (it becomes the approved version) or reject it.
     pub fn review(&self, api: &str, approve: bool, who: &str, reason: &str) -> Result<(), String> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = now_ms();
         if approve {
             conn.execute(
