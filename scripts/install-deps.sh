@@ -39,6 +39,12 @@ if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("h2"))' 2>/
   echo "install-deps: installing the Python h2 package (h2==$H2_VERSION)"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "h2==$H2_VERSION"
 fi
+# benches/soak.sh's load generator runs on uvloop (twice the rate of asyncio's own loop).
+UVLOOP_VERSION="0.23.0"
+if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("uvloop"))' 2>/dev/null)" != "$UVLOOP_VERSION" ]]; then
+  echo "install-deps: installing uvloop==$UVLOOP_VERSION"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "uvloop==$UVLOOP_VERSION"
+fi
 # ... and the official TypeScript SDK (tests/fixtures/ts, versions pinned by its lock file).
 TS_DIR="$(dirname "$0")/../tests/fixtures/ts"
 if ! cmp -s "$TS_DIR/package-lock.json" "$TS_DIR/node_modules/.stoa-installed-lock" 2>/dev/null; then

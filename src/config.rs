@@ -225,7 +225,8 @@ fn default_max_connections() -> usize {
     10_000
 }
 fn default_body_idle_timeout() -> HumanDuration {
-    HumanDuration::from_secs(30)
+    // nginx's client_body_timeout; it also bounds silence on upgraded (WebSocket) connections.
+    HumanDuration::from_secs(60)
 }
 
 impl Default for ListenerHttp {

@@ -199,9 +199,8 @@ impl AsyncRead for HeaderDeadline {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            if this.phase != Phase::Off {
-                let fresh = buf.filled().get(before..).unwrap_or(&[]).to_vec();
-                this.saw(&fresh);
+            if matches!(this.phase, Phase::AwaitingRequest | Phase::InHeader { .. }) {
+                this.saw(buf.filled().get(before..).unwrap_or(&[]));
                 // A timer armed by these bytes must be polled once to wake us later.
                 if let Some(timer) = this.timer.as_mut() {
                     let _ = timer.as_mut().poll(cx);

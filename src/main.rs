@@ -531,10 +531,7 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
     if cfg.admin.enabled {
         let mut admin = Service::new(
             "admin".to_string(),
-            pingora_core::apps::http_app::HttpServer::new_app(admin::AdminApp {
-                state: shared.clone(),
-                probes_only: false,
-            }),
+            admin_service("admin", shared.clone(), false),
         );
         admin.add_tcp(&cfg.admin.address);
         server.add_service(admin);
@@ -550,10 +547,7 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
     if let Some(address) = &cfg.admin.probe_address {
         let mut probes = Service::new(
             "probes".to_string(),
-            pingora_core::apps::http_app::HttpServer::new_app(admin::AdminApp {
-                state: shared.clone(),
-                probes_only: true,
-            }),
+            admin_service("probes", shared.clone(), true),
         );
         probes.add_tcp(address);
         server.add_service(probes);
@@ -574,6 +568,25 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
         "stoa-gateway starting"
     );
     server.run_forever()
+}
+
+/// The admin API (or the probe listener) as a Pingora app, with the same header deadline as a
+/// default listener and room for 1,024 connections.
+fn admin_service(
+    name: &str,
+    state: SharedState,
+    probes_only: bool,
+) -> connection::ConnectionGuard<pingora_core::apps::http_app::HttpServer<admin::AdminApp>> {
+    let defaults = config::ListenerHttp::default();
+    connection::ConnectionGuard {
+        inner: Arc::new(pingora_core::apps::http_app::HttpServer::new_app(
+            admin::AdminApp { state, probes_only },
+        )),
+        listener: name.into(),
+        max_connections: 1024,
+        header_read_timeout: defaults.header_read_timeout.0,
+        open: Default::default(),
+    }
 }
 
 /// `--test-policies`: run a policy directory's Rego unit tests through regorus, like `opa test`.
