@@ -86,6 +86,11 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// A character a path segment may hold literally (RFC 3986 §3.3 `pchar`, escapes aside).
+fn is_pchar(b: u8) -> bool {
+    is_unreserved(b) || b"!$&'()*+,;=:@".contains(&b)
+}
+
 fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -146,8 +151,9 @@ pub fn canonical_path(raw: &[u8], opts: &PathOptions) -> Result<String, Refusal>
                 return Err(bad("bad_path", "control characters are not allowed"))
             }
             b'#' => return Err(bad("bad_target", "a fragment is not part of a request")),
-            b if b >= 0x80 => push_escape(&mut current, b),
-            b => current.push(char::from(b)),
+            b if is_pchar(b) => current.push(char::from(b)),
+            // Raw non-ASCII, and ASCII a URI path may not hold (`"<>^`{|}[]`): encoded.
+            b => push_escape(&mut current, b),
         }
     }
     segments.push(current);
@@ -446,16 +452,14 @@ pub fn canonicalize(req: &mut RequestHeader, opts: &PathOptions) -> Result<(), R
                 .map_err(|_| bad("bad_host", "the Host (authority) is not valid"))?;
         }
     }
+    let same_uri = req.uri.path() == path && req.uri.query() == query.as_deref();
     let mut pq = path;
     if let Some(q) = query {
         pq.push('?');
         pq.push_str(&q);
     }
-    let unchanged = if h1 {
-        raw == pq.as_bytes()
-    } else {
-        req.uri.path_and_query().map(|p| p.as_str()) == Some(pq.as_str())
-    };
+    // HTTP/1 also sends the raw target upstream (absolute-form verbatim), so both must agree.
+    let unchanged = same_uri && (!h1 || raw == pq.as_bytes());
     if !unchanged {
         let bad_uri = |_| bad("bad_path", "the path has characters a URI may not have");
         let path_and_query = pq.parse::<http::uri::PathAndQuery>().map_err(bad_uri)?;
@@ -500,6 +504,11 @@ mod tests {
             ("/internal/", "/internal/"),
             ("///a//b///", "/a/b/"),
             ("/a%3fb", "/a%3Fb"),
+            (
+                "/a>b{c}|d^e`f\"g[h]",
+                "/a%3Eb%7Bc%7D%7Cd%5Ee%60f%22g%5Bh%5D",
+            ),
+            ("/a;b=c,d@e:f!$&'()*+", "/a;b=c,d@e:f!$&'()*+"),
             ("/中", "/%E4%B8%AD"),
             ("/中%2e", "/%E4%B8%AD."),
             ("/中/%2e%2e", "/"),
@@ -577,6 +586,10 @@ mod tests {
         }
         let mut r = req(b"/", &[]);
         assert_eq!(canonicalize(&mut r, &opts).unwrap_err().reason, "bad_host");
+        // An empty target (Pingora reads it as `/`) leaves a real `/` path.
+        let mut r = req(b"", &[("host", "h")]);
+        canonicalize(&mut r, &opts).unwrap();
+        assert_eq!(r.uri.path(), "/");
         let mut r = req(b"/", &[("host", "a"), ("host", "b")]);
         assert!(canonicalize(&mut r, &opts).is_err());
         let mut r = req(b"/", &[("host", "[")]);
