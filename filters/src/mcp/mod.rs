@@ -327,10 +327,16 @@ pub struct ResultCacheConfig {
     pub ttl: HumanDuration,
     #[serde(default = "default_cache_entries")]
     pub max_entries: u64,
+    /// Bytes of keys (arguments) and results kept at most, whatever the entry count.
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: ByteSize,
 }
 
 fn default_cache_entries() -> u64 {
     10_000
+}
+fn default_cache_bytes() -> ByteSize {
+    ByteSize(64 << 20)
 }
 
 /// Arguments as canonical JSON (object keys sorted at every level), for cache keys.
@@ -530,8 +536,15 @@ impl McpCore {
             policy,
             client,
             results: cfg.result_cache.as_ref().map(|c| {
+                // Weighed in bytes, each entry at least `max_bytes / max_entries`: both bounds
+                // hold (the arguments in a key are the client's).
+                let floor = (c.max_bytes.0 / c.max_entries.max(1)).max(1);
                 moka::sync::Cache::builder()
-                    .max_capacity(c.max_entries)
+                    .weigher(move |k: &String, v: &Value| {
+                        let bytes = (k.len() + serde_json::to_vec(v).map_or(0, |b| b.len())) as u64;
+                        u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
+                    })
+                    .max_capacity(c.max_bytes.0)
                     .time_to_live(c.ttl.0)
                     .build()
             }),
