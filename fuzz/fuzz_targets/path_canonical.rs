@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     ] {
         if let Ok(path) = canonical_path(data, &opts) {
             assert!(path.is_ascii());
-            assert_eq!(canonical_path(path.as_bytes(), &opts).as_deref(), Ok(path.as_str()));
+            assert_eq!(
+                canonical_path(path.as_bytes(), &opts).as_deref(),
+                Ok(path.as_str())
+            );
             assert!(path.parse::<http::uri::PathAndQuery>().is_ok(), "{path}");
         }
     }

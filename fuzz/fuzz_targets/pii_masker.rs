@@ -5,7 +5,10 @@ use libfuzzer_sys::fuzz_target;
 use stoa_filters::uac::pii::{mask_text, Masker};
 
 fuzz_target!(|data: &[u8]| {
-    let masker = Masker::new(&["$.user.ssn".into(), "$.items[*].card".into()], &["x-api-key".into()]);
+    let masker = Masker::new(
+        &["$.user.ssn".into(), "$.items[*].card".into()],
+        &["x-api-key".into()],
+    );
     let _ = masker.body(data);
     let Ok(text) = std::str::from_utf8(data) else {
         return;
