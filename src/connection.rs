@@ -37,12 +37,14 @@ pub struct ConnectionGuard<A> {
     pub open: AtomicUsize,
 }
 
-/// Gives back a connection slot when the connection ends, however it ends.
-struct Slot<'a>(&'a AtomicUsize);
+/// Gives back a connection slot (and the open-connections gauge) when the connection ends,
+/// however it ends.
+struct Slot<'a>(&'a AtomicUsize, prometheus::IntGauge);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.dec();
     }
 }
 
@@ -62,17 +64,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGuard<A> {
                 .inc();
             return None;
         }
-        let _slot = Slot(&self.open);
         let gauge = METRICS.connections_open.with_label_values(&[listener]);
         gauge.inc();
+        let _slot = Slot(&self.open, gauge);
         let stream: Stream = Box::new(HeaderDeadline::new(
             stream,
             self.header_read_timeout,
             listener.into(),
         ));
-        let reused = self.inner.process_new(stream, shutdown).await;
-        gauge.dec();
-        reused
+        self.inner.process_new(stream, shutdown).await
     }
 
     async fn cleanup(&self) {

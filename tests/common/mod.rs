@@ -64,13 +64,36 @@ pub fn admin_request(method: reqwest::Method, url: String) -> reqwest::RequestBu
         .header("content-type", "application/json")
 }
 
-/// A port that was free a moment ago (bind 127.0.0.1:0, read it, release it).
+/// A port that was free a moment ago (bind 127.0.0.1:0, read it, release it), and that no
+/// other test process was handed in the last ten minutes: nextest runs tests as parallel
+/// processes, and the kernel readily hands a just-released port to the next `bind(0)`, so
+/// two gateways could otherwise be given the same port (one's listener, the other's admin).
+/// Claims are files created exclusively in a shared directory.
 pub fn free_port() -> u16 {
-    StdTcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .unwrap()
-        .port()
+    let claims = std::env::temp_dir().join("stoa-test-ports");
+    let _ = std::fs::create_dir_all(&claims);
+    loop {
+        let port = StdTcpListener::bind("127.0.0.1:0")
+            .expect("bind 127.0.0.1:0")
+            .local_addr()
+            .unwrap()
+            .port();
+        let claim = claims.join(port.to_string());
+        let stale = std::fs::metadata(&claim)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(600));
+        if stale {
+            let _ = std::fs::remove_file(&claim);
+        }
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claim)
+            .is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 /// A port on which nothing listens: connecting to it is refused.

@@ -904,30 +904,18 @@ impl McpCore {
             }
             Err(e) => return Reply::json(400, e.0),
         };
-        let Some(requested) = params.get("protocolVersion").and_then(Value::as_str) else {
+        let invalid_params = |message: &str| {
             self.count("initialize", "", "error");
-            return Reply::json(
-                200,
-                jsonrpc::error(
-                    id,
-                    INVALID_PARAMS,
-                    "params.protocolVersion (a string) is required",
-                ),
-            );
+            Reply::json(200, jsonrpc::error(id.clone(), INVALID_PARAMS, message))
+        };
+        let Some(requested) = params.get("protocolVersion").and_then(Value::as_str) else {
+            return invalid_params("params.protocolVersion (a string) is required");
         };
         if let Some(caps) = params.get("capabilities") {
             if serde_json::to_vec(caps).map_or(0, |b| b.len()) > MAX_CLIENT_CAPABILITIES {
-                self.count("initialize", "", "error");
-                return Reply::json(
-                    200,
-                    jsonrpc::error(
-                        id,
-                        INVALID_PARAMS,
-                        &format!(
-                            "params.capabilities is larger than {MAX_CLIENT_CAPABILITIES} bytes"
-                        ),
-                    ),
-                );
+                return invalid_params(&format!(
+                    "params.capabilities is larger than {MAX_CLIENT_CAPABILITIES} bytes"
+                ));
             }
         }
         let version = negotiate(requested);
