@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::io::{Read, Seek};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::raw;
@@ -84,37 +83,13 @@ async fn h2_client(l: Listener, subcommand: &str, args: &[&str]) -> Value {
     }
     let what = format!("h2_attacks.py {subcommand} {args:?} on {l:?}");
     // Blocking: off the runtime thread, which serves the echo upstream meanwhile.
-    tokio::task::spawn_blocking(move || run_bounded(cmd, &what, Duration::from_secs(60)))
+    tokio::task::spawn_blocking(move || run_json(cmd, &what, Duration::from_secs(60)))
         .await
         .unwrap()
 }
 
-fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> Value {
-    // Output to files, not pipes: nothing can block on a full pipe while we poll.
-    let (mut out, mut err) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(err.try_clone().unwrap())
-        .spawn()
-        .expect("python3 runs");
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not end within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    out.rewind().unwrap();
-    out.read_to_string(&mut stdout).unwrap();
-    err.rewind().unwrap();
-    err.read_to_string(&mut stderr).unwrap();
+fn run_json(cmd: Command, what: &str, limit: Duration) -> Value {
+    let (status, stdout, stderr) = run_bounded(cmd, what, limit);
     assert!(
         !stderr.contains("No module named 'h2'"),
         "the Python h2 package is missing: run scripts/install-deps.sh"

@@ -112,16 +112,27 @@ pub fn gateway_command() -> Command {
 
 /// Run the binary to completion (for `--check`, `--version`); bounded by `timeout`.
 pub fn run_to_end(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
+    let mut cmd = gateway_command();
+    cmd.args(args);
+    run_bounded(cmd, &format!("stoa-gateway {args:?}"), timeout)
+}
+
+/// Run `cmd` to completion (panics naming `what` past `timeout`): its status, stdout and
+/// stderr. Output goes to files, not pipes, so nothing blocks on a full pipe while we poll.
+pub fn run_bounded(
+    mut cmd: Command,
+    what: &str,
+    timeout: Duration,
+) -> (ExitStatus, String, String) {
     let dir = TempDir::new().unwrap();
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
-    let mut child = gateway_command()
-        .args(args)
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
-        .expect("spawn stoa-gateway");
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -130,7 +141,7 @@ pub fn run_to_end(args: &[&str], timeout: Duration) -> (ExitStatus, String, Stri
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("stoa-gateway {args:?} did not exit within {timeout:?}");
+            panic!("{what} did not exit within {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
