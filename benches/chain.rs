@@ -11,10 +11,12 @@ use stoa_filters::router::{Router, RouterConfig};
 use stoa_filters::{build_filter, BuildContext, FilterAction, FilterConfig, RequestCtx};
 use tokio::io::AsyncWriteExt;
 
-fn bctx() -> BuildContext {
-    BuildContext {
-        clusters: vec!["a".into(), "b".into()],
-    }
+const CLUSTERS: &[String] = &[];
+static NO_SETTINGS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+
+/// A build context that does not check cluster names (the benchmark declares none).
+fn bctx() -> BuildContext<'static> {
+    BuildContext::new(CLUSTERS, &NO_SETTINGS, None)
 }
 
 fn router(n: usize) -> Router {
@@ -76,7 +78,7 @@ fn chain_filters() -> Vec<std::sync::Arc<dyn stoa_filters::Filter>> {
 "#;
     let cfgs: Vec<FilterConfig> = serde_saphyr::from_str(yaml).unwrap();
     cfgs.iter()
-        .map(|c| build_filter(c, &bctx()).unwrap())
+        .map(|c| build_filter(c, &mut bctx()).unwrap())
         .collect()
 }
 

@@ -1,7 +1,8 @@
 //! The admin listener (127.0.0.1:9901 by default): `/health` (liveness), `/ready` (every
 //! listener accepts connections and every cluster's first health check is done), `/metrics`
-//! (Prometheus text) and `/config` (the effective config, secrets redacted), plus the canary,
-//! shadow-report and `/uac` endpoints; `admin_guard` decides who may call what.
+//! (Prometheus text) and `/config` (the effective config, secrets redacted), plus the endpoints
+//! the serving config's filters registered (`stoa_filters::AdminEndpoint`: `/canary`,
+//! `/shadow/report`, `/uac`, ...); `admin_guard` decides who may call what.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -87,6 +88,12 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        let state = self.state.load_full();
+        let endpoint = state
+            .admin_endpoints
+            .iter()
+            .find(|e| stoa_filters::admin::serves(e.as_ref(), &path))
+            .cloned();
         if !crate::admin_guard::is_probe(&session.req_header().method, &path) {
             if self.probes_only {
                 return reply(
@@ -96,14 +103,15 @@ impl ServeHttp for AdminApp {
                         .to_vec(),
                 );
             }
-            let guard = self.state.load().admin.clone();
-            if let Err((status, why)) = guard.check(session.req_header()) {
+            let self_authenticating = endpoint.as_ref().is_some_and(|e| e.authenticates_callers());
+            if let Err((status, why)) = state.admin.check(session.req_header(), self_authenticating)
+            {
                 let body = serde_json::json!({ "error": why, "status": status });
                 return reply(status, "application/json", body.to_string().into_bytes());
             }
         }
-        if path == "/uac" || path.starts_with("/uac/") {
-            return uac(session, &path).await;
+        if let Some(endpoint) = endpoint {
+            return serve_endpoint(session, &path, endpoint.as_ref()).await;
         }
         match path.as_str() {
             "/health" => reply(200, "text/plain", b"ok\n".to_vec()),
@@ -116,38 +124,7 @@ impl ServeHttp for AdminApp {
                 ),
             },
             "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics()),
-            "/canary" => match session.req_header().method.as_str() {
-                "GET" => canary_weights(),
-                "POST" => match read_body(session).await {
-                    Ok(body) => set_canary(&body),
-                    Err(too_large) => too_large,
-                },
-                _ => reply(
-                    405,
-                    "application/json",
-                    br#"{"error":"GET reads the canary weights, POST {\"weight\": N} sets one"}"#
-                        .to_vec(),
-                ),
-            },
-            "/shadow/report" => match session.req_header().method.as_str() {
-                "GET" => reply(
-                    200,
-                    "application/json",
-                    serde_json::to_vec_pretty(&stoa_filters::mirror::report::snapshot())
-                        .unwrap_or_default(),
-                ),
-                "DELETE" => {
-                    stoa_filters::mirror::report::reset();
-                    reply(204, "application/json", Vec::new())
-                }
-                _ => reply(
-                    405,
-                    "application/json",
-                    br#"{"error":"GET reads the report, DELETE resets it"}"#.to_vec(),
-                ),
-            },
             "/config" => {
-                let state = self.state.load();
                 let body = serde_json::json!({
                     "version": state.version,
                     "config": state.config.redacted_json(),
@@ -158,69 +135,26 @@ impl ServeHttp for AdminApp {
                     serde_json::to_vec_pretty(&body).unwrap_or_default(),
                 )
             }
-            _ => reply(
-                404,
-                "application/json",
-                br#"{"error":"not found","endpoints":["/health","/ready","/metrics","/config","/shadow/report","/canary","/uac/contracts"]}"#
-                    .to_vec(),
-            ),
+            _ => {
+                let mut endpoints = vec!["/health", "/ready", "/metrics", "/config"];
+                endpoints.extend(state.admin_endpoints.iter().map(|e| e.path()));
+                let body = serde_json::json!({
+                    "error": "not found",
+                    "status": 404,
+                    "endpoints": endpoints,
+                });
+                reply(404, "application/json", body.to_string().into_bytes())
+            }
         }
     }
 }
 
-/// `GET /canary`: every canary's weight.
-fn canary_weights() -> Response<Vec<u8>> {
-    let weights: serde_json::Map<String, serde_json::Value> = stoa_filters::canary::weights()
-        .into_iter()
-        .map(|(name, w)| (name, serde_json::json!(w)))
-        .collect();
-    reply(
-        200,
-        "application/json",
-        serde_json::to_vec(&serde_json::json!({ "weights": weights })).unwrap_or_default(),
-    )
-}
-
-/// `POST /canary {"weight": 5, "name": "default"}`: the new weight applies to the next request.
-fn set_canary(body: &[u8]) -> Response<Vec<u8>> {
-    let bad = |msg: String| {
-        reply(
-            400,
-            "application/json",
-            serde_json::to_vec(&serde_json::json!({ "error": msg })).unwrap_or_default(),
-        )
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return bad("the body must be JSON: {\"weight\": 5}".into());
-    };
-    let Some(weight) = v.get("weight").and_then(serde_json::Value::as_f64) else {
-        return bad("`weight` (a number, 0 to 100) is required".into());
-    };
-    let name = v
-        .get("name")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("default");
-    match stoa_filters::canary::set_weight(name, weight) {
-        Ok(()) => {
-            tracing::info!(
-                canary = name,
-                weight,
-                "canary weight set through the admin API"
-            );
-            canary_weights()
-        }
-        Err(e) if e.starts_with("no canary") => reply(
-            404,
-            "application/json",
-            serde_json::to_vec(&serde_json::json!({ "error": e })).unwrap_or_default(),
-        ),
-        Err(e) => bad(e),
-    }
-}
-
-/// `/uac/…`: shadow mode's contracts, observations, reviews and audit log (see
-/// `stoa_filters::uac::admin`).
-async fn uac(session: &mut ServerSession, path: &str) -> Response<Vec<u8>> {
+/// An endpoint a filter registered: read the (bounded) body, hand the request over.
+async fn serve_endpoint(
+    session: &mut ServerSession,
+    path: &str,
+    endpoint: &dyn stoa_filters::AdminEndpoint,
+) -> Response<Vec<u8>> {
     let req = session.req_header();
     let method = req.method.as_str().to_string();
     let query = req.uri.query().unwrap_or("").to_string();
@@ -229,20 +163,14 @@ async fn uac(session: &mut ServerSession, path: &str) -> Response<Vec<u8>> {
         Ok(body) => body,
         Err(too_large) => return too_large,
     };
-    let request = stoa_filters::uac::admin::AdminRequest {
+    let request = stoa_filters::AdminRequest {
         method: &method,
         path,
         query: &query,
         headers: &headers,
         body: &body,
     };
-    let Some(r) = stoa_filters::uac::admin::handle(&request).await else {
-        return reply(
-            404,
-            "application/json",
-            br#"{"error":"not found","status":404}"#.to_vec(),
-        );
-    };
+    let r = endpoint.handle(&request).await;
     let mut resp = reply(r.status, r.content_type, r.body);
     for (k, v) in r.headers {
         if let Ok(v) = http::HeaderValue::from_str(&v) {

@@ -3,8 +3,9 @@
 //! no foreign `Origin` (no browser page), a JSON body when it has one (no CORS-simple
 //! `text/plain` POST), and, when it changes state (any method but GET and HEAD), an admin
 //! bearer token (`STOA_ADMIN_TOKEN`, comma-separated, and/or `admin.token_file`, one
-//! per line), compared in constant time. `/uac` calls are authenticated by shadow mode's own
-//! reviewer tokens when `shadow.reviewers` is set (every such call is audited there).
+//! per line), compared in constant time. An endpoint that authenticates its own callers (the
+//! `/uac` endpoints when `shadow.reviewers` is set: reviewer tokens, every call audited) is
+//! not asked for the admin token.
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -20,8 +21,6 @@ pub struct AdminGuard {
     /// Hosts accepted in `Host` besides loopback ones (lowercase, without port).
     allowed_hosts: Vec<String>,
     allowed_origins: Vec<String>,
-    /// `/uac` has reviewers, who authenticate there.
-    uac_reviewers: bool,
 }
 
 /// A refusal: status and message.
@@ -40,7 +39,7 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 impl AdminGuard {
-    pub fn build(cfg: &AdminSection, uac_reviewers: bool) -> Result<Self, ConfigError> {
+    pub fn build(cfg: &AdminSection) -> Result<Self, ConfigError> {
         let mut raw: Vec<String> = std::env::var(ADMIN_TOKEN_ENV)
             .unwrap_or_default()
             .split(',')
@@ -90,7 +89,6 @@ impl AdminGuard {
                 .collect(),
             allowed_hosts,
             allowed_origins: cfg.allowed_origins.clone(),
-            uac_reviewers,
         })
     }
 
@@ -107,9 +105,13 @@ impl AdminGuard {
             .into()
     }
 
-    /// Whether a (non-probe) admin call may go on.
-    pub fn check(&self, req: &pingora_http::RequestHeader) -> Result<(), Refused> {
-        let path = req.uri.path();
+    /// Whether a (non-probe) admin call may go on; `self_authenticating`: the endpoint called
+    /// authenticates its callers itself.
+    pub fn check(
+        &self,
+        req: &pingora_http::RequestHeader,
+        self_authenticating: bool,
+    ) -> Result<(), Refused> {
         let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
         let host = header("host").unwrap_or("");
         let host_only = stoa_filters::request_target::split_authority(host)
@@ -142,10 +144,7 @@ impl AdminGuard {
         {
             return Err((415, "admin request bodies must be application/json"));
         }
-        if (path == "/uac" || path.starts_with("/uac/")) && self.uac_reviewers {
-            return Ok(());
-        }
-        if reads {
+        if reads || self_authenticating {
             return Ok(());
         }
         if self.tokens.is_empty() {
@@ -180,7 +179,6 @@ mod tests {
                 .collect(),
             allowed_hosts: vec![],
             allowed_origins: vec![],
-            uac_reviewers: false,
         }
     }
 
@@ -197,29 +195,33 @@ mod tests {
         let g = guard(&["0123456789abcdef"]);
         let host = ("host", "127.0.0.1:9901");
         let auth = ("authorization", "Bearer 0123456789abcdef");
-        assert!(g.check(&req("GET", "/config", &[host])).is_ok());
-        assert!(g.check(&req("POST", "/canary", &[host, auth])).is_ok());
+        assert!(g.check(&req("GET", "/config", &[host]), false).is_ok());
+        assert!(g
+            .check(&req("POST", "/canary", &[host, auth]), false)
+            .is_ok());
         assert_eq!(
-            g.check(&req("POST", "/canary", &[host])).unwrap_err().0,
+            g.check(&req("POST", "/canary", &[host]), false)
+                .unwrap_err()
+                .0,
             401
         );
         let bad = ("authorization", "Bearer 0123456789abcdeX");
         assert_eq!(
-            g.check(&req("POST", "/canary", &[host, bad]))
+            g.check(&req("POST", "/canary", &[host, bad]), false)
                 .unwrap_err()
                 .0,
             401
         );
         let evil = ("host", "evil.example");
         assert_eq!(
-            g.check(&req("GET", "/config", &[evil, auth]))
+            g.check(&req("GET", "/config", &[evil, auth]), false)
                 .unwrap_err()
                 .0,
             403
         );
         let origin = ("origin", "http://evil.example");
         assert_eq!(
-            g.check(&req("POST", "/canary", &[host, auth, origin]))
+            g.check(&req("POST", "/canary", &[host, auth, origin]), false)
                 .unwrap_err()
                 .0,
             403
@@ -230,11 +232,24 @@ mod tests {
             ("content-type", "text/plain"),
             ("content-length", "12"),
         ];
-        assert_eq!(g.check(&req("POST", "/canary", &plain)).unwrap_err().0, 415);
-        let open = guard(&[]);
-        assert!(open.check(&req("GET", "/config", &[host])).is_ok());
         assert_eq!(
-            open.check(&req("DELETE", "/shadow/report", &[host]))
+            g.check(&req("POST", "/canary", &plain), false)
+                .unwrap_err()
+                .0,
+            415
+        );
+        let open = guard(&[]);
+        assert!(open.check(&req("GET", "/config", &[host]), false).is_ok());
+        assert_eq!(
+            open.check(&req("DELETE", "/shadow/report", &[host]), false)
+                .unwrap_err()
+                .0,
+            403
+        );
+        // An endpoint that authenticates its callers is not asked for the admin token.
+        assert!(open.check(&req("POST", "/uac/x", &[host]), true).is_ok());
+        assert_eq!(
+            open.check(&req("POST", "/uac/x", &[evil]), true)
                 .unwrap_err()
                 .0,
             403

@@ -52,6 +52,10 @@ pub struct GatewayConfig {
     /// modes with `keep_observing: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<Spanned<stoa_filters::uac::ShadowConfig>>,
+    /// Settings from the command line that filters read as defaults, by `filter.key` (e.g.
+    /// `opa.endpoint`); not part of the file (see `Overrides`).
+    #[serde(skip)]
+    pub filter_settings: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -550,57 +554,42 @@ impl GatewayConfig {
     }
 
     /// Check the `shadow:` section and, when observing, put a `shadow_capture` at the end of
-    /// every chain that routes to upstreams and has none.
+    /// every routing chain that has none. (Entries that need the section say so when built.)
     pub fn add_shadow_capture(&mut self) -> Result<(), ConfigError> {
-        use stoa_filters::FilterConfig;
         if let Some(s) = &self.shadow {
             s.value.validate().map_err(|e| {
                 let (key, message) = e.split_once(": ").unwrap_or(("", &e));
                 ConfigError::new(format!("shadow.{key}"), line_of(s), message)
             })?;
-        } else {
-            if self.gateway.mode == Some(Mode::Shadow) {
-                return Err(ConfigError::new(
-                    "shadow",
-                    None,
-                    "`mode: shadow` needs a `shadow:` section naming what may be captured (`opt_in`)",
-                ));
-            }
-            for (name, chain) in &self.chains {
-                for (i, f) in chain.iter().enumerate() {
-                    if matches!(
-                        f.value,
-                        FilterConfig::ShadowCapture(_) | FilterConfig::UacValidation(_)
-                    ) {
-                        return Err(ConfigError::new(
-                            format!("chains.{name}[{i}] ({})", f.value.type_name()),
-                            line_of(f),
-                            "needs a `shadow:` section (its store holds the captures and contracts)",
-                        ));
-                    }
-                }
-            }
+        } else if self.gateway.mode == Some(Mode::Shadow) {
+            return Err(ConfigError::new(
+                "shadow",
+                None,
+                "`mode: shadow` needs a `shadow:` section naming what may be captured (`opt_in`)",
+            ));
         }
         if !self.observing() {
             return Ok(());
         }
+        let capture = FilterConfig::with_type("shadow_capture", serde_json::json!({}))
+            .map_err(|e| ConfigError::new("shadow", None, e))?;
+        self.add_to_routing_chains(&capture);
+        Ok(())
+    }
+
+    /// Put `entry` at the end of every chain that routes to clusters and has no entry of its
+    /// type (`--mirror`, shadow capture).
+    pub fn add_to_routing_chains(&mut self, entry: &FilterConfig) {
         for chain in self.chains.values_mut() {
-            let routes = chain
+            let routes = chain.iter().any(|f| f.value.routes_upstream());
+            let has_one = chain
                 .iter()
-                .any(|f| matches!(f.value, FilterConfig::Router(_)));
-            let captures = chain
-                .iter()
-                .any(|f| matches!(f.value, FilterConfig::ShadowCapture(_)));
-            if routes && !captures {
+                .any(|f| f.value.type_name() == entry.type_name());
+            if routes && !has_one {
                 let unknown = serde_saphyr::Location::UNKNOWN;
-                chain.push(Spanned::new(
-                    FilterConfig::ShadowCapture(Default::default()),
-                    unknown,
-                    unknown,
-                ));
+                chain.push(Spanned::new(entry.clone(), unknown, unknown));
             }
         }
-        Ok(())
     }
 
     /// Whole-file checks that serde cannot express. Filter- and cluster-level checks happen when

@@ -66,7 +66,7 @@ impl ControlPlane {
                 warn!("admin.address changed; the admin listener keeps its address until restart");
             }
             let version = current.version + 1;
-            GatewayState::build(cfg, version)
+            GatewayState::build(cfg, version, Some(&current))
                 .and_then(|state| state.install_shadow().map(|_| state))
                 .map_err(|mut e| {
                     e.file.get_or_insert(path.clone());
@@ -118,8 +118,8 @@ impl ControlPlane {
             .filter(|p| !p.as_os_str().is_empty())
             .map(|p| p.to_path_buf())
             .unwrap_or_else(|| PathBuf::from("."));
-        // The `tools_dir` of every `mcp` filter: a tool resource added, changed or removed
-        // reloads the config like an edit of the file does.
+        // The directories filters read when built (e.g. an `mcp` filter's `tools_dir`): a file
+        // added, changed or removed there reloads the config like an edit of the file does.
         let tool_dirs: Vec<PathBuf> = self
             .state
             .load()
@@ -127,13 +127,7 @@ impl ControlPlane {
             .chains
             .values()
             .flatten()
-            .filter_map(|f| match &f.value {
-                stoa_filters::FilterConfig::Mcp(m) => m
-                    .tools_dir
-                    .as_ref()
-                    .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| PathBuf::from(d))),
-                _ => None,
-            })
+            .flat_map(|f| f.value.watched_dirs())
             .collect();
         let in_tool_dir = {
             let dirs = tool_dirs.clone();
@@ -165,7 +159,7 @@ impl ControlPlane {
         }
         for tools in &tool_dirs {
             if let Err(e) = watcher.watch(tools, RecursiveMode::NonRecursive) {
-                warn!(error = %e, dir = %tools.display(), "cannot watch the mcp tools directory; reload with SIGHUP");
+                warn!(error = %e, dir = %tools.display(), "cannot watch a directory a filter reads; reload with SIGHUP");
             }
         }
         Some(watcher)

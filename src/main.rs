@@ -196,10 +196,6 @@ fn main() {
     if let Some(dir) = &cli.test_policies {
         std::process::exit(test_policies(dir));
     }
-    if let Some(endpoint) = &cli.opa_endpoint {
-        // `opa` filters without `policy`/`endpoint` read it from the environment.
-        std::env::set_var(stoa_filters::opa::OPA_ENDPOINT_ENV, endpoint);
-    }
     let overrides = Overrides {
         port: cli.port,
         admin_address: cli.admin_address.clone(),
@@ -207,6 +203,17 @@ fn main() {
         log_level: cli.log_level.clone(),
         mode: cli.mode,
         mirror: mirror_target(&cli),
+        // `opa` filters without `policy`/`endpoint` ask this server.
+        filter_settings: cli
+            .opa_endpoint
+            .iter()
+            .map(|e| {
+                (
+                    stoa_filters::opa::OPA_ENDPOINT_SETTING.to_string(),
+                    e.clone(),
+                )
+            })
+            .collect(),
     };
 
     let mut cfg = match load_config(&cli) {
@@ -220,7 +227,7 @@ fn main() {
     if !cli.check {
         logging::init(cfg.gateway.log_level.as_deref().unwrap_or("info"));
     }
-    let state = match GatewayState::build(cfg, 1) {
+    let state = match GatewayState::build(cfg, 1, None) {
         Ok(s) => s,
         Err(mut e) => {
             if e.file.is_none() {

@@ -16,6 +16,9 @@ pub struct Overrides {
     /// `--mirror URL` (or `SHADOW_MODE_ENABLED=true` + `SHADOW_RUST_GATEWAY_URL`): a `mirror`
     /// filter to this candidate at the end of every chain that routes to upstreams and has none.
     pub mirror: Option<String>,
+    /// Defaults for filters, by `filter.key` (e.g. `opa.endpoint` from `--opa-endpoint`),
+    /// handed to every filter when it is built.
+    pub filter_settings: std::collections::BTreeMap<String, String>,
 }
 
 impl Overrides {
@@ -44,24 +47,13 @@ impl Overrides {
             cfg.gateway.mode = Some(m);
         }
         if let Some(url) = &self.mirror {
-            use stoa_filters::mirror::MirrorConfig;
-            use stoa_filters::FilterConfig;
-            for chain in cfg.chains.values_mut() {
-                let routes = chain
-                    .iter()
-                    .any(|f| matches!(f.value, FilterConfig::Router(_)));
-                let mirrors = chain
-                    .iter()
-                    .any(|f| matches!(f.value, FilterConfig::Mirror(_)));
-                if routes && !mirrors {
-                    let unknown = serde_saphyr::Location::UNKNOWN;
-                    chain.push(serde_saphyr::Spanned::new(
-                        FilterConfig::Mirror(MirrorConfig::for_url(url)),
-                        unknown,
-                        unknown,
-                    ));
-                }
+            match stoa_filters::FilterConfig::with_type("mirror", serde_json::json!({ "url": url }))
+            {
+                Ok(mirror) => cfg.add_to_routing_chains(&mirror),
+                // Cannot happen for a string `url`; a bad URL is reported when the filter is built.
+                Err(e) => tracing::error!(error = %e, "--mirror: not applied"),
             }
         }
+        cfg.filter_settings = self.filter_settings.clone();
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use stoa_filters::filter::phase;
-use stoa_filters::{build_filter, BuildContext, Filter};
+use stoa_filters::{AdminEndpoint, BuildContext, Filter, Resources};
 
 use crate::cluster::Cluster;
 use crate::config::{line_of, ConfigError, GatewayConfig};
@@ -60,13 +60,23 @@ pub struct GatewayState {
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
     /// Who may call the admin API (tokens are read with the config).
     pub admin: Arc<crate::admin_guard::AdminGuard>,
+    /// The admin endpoints this version's filters registered (`/canary`, `/shadow/report`, ...).
+    pub admin_endpoints: Vec<Arc<dyn AdminEndpoint>>,
+    /// The state this version's filters share and the next version may keep (see
+    /// `stoa_filters::build`).
+    pub resources: Resources,
 }
 
 pub type SharedState = Arc<ArcSwap<GatewayState>>;
 
 impl GatewayState {
-    /// Validate and build everything; nothing is shared with a previous version.
-    pub fn build(mut config: GatewayConfig, version: u64) -> Result<Self, ConfigError> {
+    /// Validate and build everything. `previous` is the serving version, whose shared resources
+    /// the filters of this one keep when their keys are unchanged; nothing else is shared.
+    pub fn build(
+        mut config: GatewayConfig,
+        version: u64,
+        previous: Option<&GatewayState>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         config.add_shadow_capture()?;
         let mut clusters = HashMap::new();
@@ -75,9 +85,12 @@ impl GatewayState {
                 .map_err(|e| ConfigError::new(format!("clusters.{name}"), line_of(c), e))?;
             clusters.insert(Arc::<str>::from(name.as_str()), Arc::new(cluster));
         }
-        let bctx = BuildContext {
-            clusters: config.clusters.keys().cloned().collect(),
-        };
+        let cluster_names: Vec<String> = config.clusters.keys().cloned().collect();
+        let mut bctx = BuildContext::new(
+            &cluster_names,
+            &config.filter_settings,
+            previous.map(|p| &p.resources),
+        );
         // Build each named chain once per listener that uses it (filters may hold state).
         let mut chains = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -86,7 +99,7 @@ impl GatewayState {
             for chain_name in &l.value.chains {
                 let entries = &config.chains[chain_name];
                 for (i, entry) in entries.iter().enumerate() {
-                    let f = build_filter(&entry.value, &bctx).map_err(|e| {
+                    let f = entry.value.build(&mut bctx).map_err(|e| {
                         ConfigError::new(
                             format!("chains.{chain_name}[{i}] ({})", entry.value.type_name()),
                             line_of(entry),
@@ -99,17 +112,16 @@ impl GatewayState {
             }
             chains.push(Arc::new(Chain::new(filters, labels)));
         }
-        let uac_reviewers = config
-            .shadow
-            .as_ref()
-            .is_some_and(|s| !s.value.reviewers.is_empty());
-        let admin = crate::admin_guard::AdminGuard::build(&config.admin, uac_reviewers)?;
+        let (resources, admin_endpoints) = bctx.finish();
+        let admin = crate::admin_guard::AdminGuard::build(&config.admin)?;
         Ok(GatewayState {
             version,
             config: Arc::new(config),
             chains,
             clusters,
             admin: Arc::new(admin),
+            admin_endpoints,
+            resources,
         })
     }
 

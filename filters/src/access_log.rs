@@ -221,3 +221,15 @@ impl Filter for AccessLog {
         }
     }
 }
+
+impl crate::build::BuildFilter for AccessLog {
+    const TYPE: &'static str = "access_log";
+    type Config = AccessLogConfig;
+
+    fn build(
+        cfg: &AccessLogConfig,
+        _bctx: &mut crate::build::BuildContext,
+    ) -> std::result::Result<Self, String> {
+        AccessLog::build(cfg)
+    }
+}

@@ -100,3 +100,15 @@ impl Filter for BodyLimit {
         Ok(())
     }
 }
+
+impl crate::build::BuildFilter for BodyLimit {
+    const TYPE: &'static str = "body_limit";
+    type Config = BodyLimitConfig;
+
+    fn build(
+        cfg: &BodyLimitConfig,
+        _bctx: &mut crate::build::BuildContext,
+    ) -> std::result::Result<Self, String> {
+        BodyLimit::build(cfg)
+    }
+}

@@ -1,26 +1,28 @@
 //! The `canary` filter: sends a share of the routed traffic (`weight`, in percent, fractions
 //! allowed) to a candidate cluster instead of the one the router chose, sticky by a hash of a
 //! configurable key (client IP, a tenant claim, a header), so one user stays on one side. The
-//! weight lives outside the config so the admin API (`POST /canary`) and the CLI can change it
-//! at once, without a reload and without dropping a request; a reload that changes the file's
-//! `weight` applies it; `weight: 0` is the instant rollback. Each request is counted by the
-//! side that served it, for the runbook's go/no-go rules.
+//! weight is a shared resource keyed by the canary's name (it outlives reloads), so the admin
+//! API (`POST /canary`, served by `CanaryBoard`) and the CLI can change it at once, without a
+//! reload and without dropping a request; a reload that changes the file's `weight` applies it;
+//! `weight: 0` is the instant rollback. Each request is counted by the side that served it, so
+//! the go/no-go decision of a migration (error and latency of the candidate against the
+//! primary) can be read from the metrics.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use once_cell::sync::Lazy;
 use pingora_core::Result;
 use pingora_proxy::Session;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::admin::{AdminEndpoint, AdminReply, AdminRequest};
+use crate::build::BuildContext;
 use crate::context::RequestCtx;
 use crate::filter::{phase, Filter, FilterAction};
 use crate::metrics::FILTER_METRICS;
-use crate::registry::BuildContext;
 use crate::template::Template;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -50,59 +52,119 @@ fn default_key() -> String {
     "{{ client_ip }}".into()
 }
 
-/// A canary's live weight (percent, as `f64` bits) and the weight its config last set.
+/// A canary's live weight (percent, as `f64` bits) and the weight its config last set: a
+/// shared resource keyed by the canary's name, so it outlives reloads that keep the canary.
+#[derive(Default)]
 struct Weight {
     live: AtomicU64,
     configured: Mutex<Option<f64>>,
 }
 
-/// The weights of every canary in the process, by name: shared by config versions, the admin
-/// API and the filters.
-static WEIGHTS: Lazy<Mutex<HashMap<String, Arc<Weight>>>> = Lazy::new(Default::default);
-
-fn weight_of(name: &str) -> Arc<Weight> {
-    WEIGHTS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .entry(name.to_string())
-        .or_insert_with(|| {
-            Arc::new(Weight {
-                live: AtomicU64::new(0f64.to_bits()),
-                configured: Mutex::new(None),
-            })
-        })
-        .clone()
-}
-
-/// Set a canary's weight now (admin API). Unknown canary or a weight out of 0..=100: an error.
-pub fn set_weight(name: &str, weight: f64) -> std::result::Result<(), String> {
-    if !(0.0..=100.0).contains(&weight) {
-        return Err("weight: between 0 and 100".into());
+impl Weight {
+    fn get(&self) -> f64 {
+        f64::from_bits(self.live.load(Ordering::Relaxed))
     }
-    let w = WEIGHTS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(name)
-        .cloned()
-        .ok_or_else(|| format!("no canary named `{name}`"))?;
-    w.live.store(weight.to_bits(), Ordering::Relaxed);
-    FILTER_METRICS
-        .canary_weight
-        .with_label_values(&[name])
-        .set(weight);
-    Ok(())
+
+    fn set(&self, name: &str, weight: f64) {
+        self.live.store(weight.to_bits(), Ordering::Relaxed);
+        FILTER_METRICS
+            .canary_weight
+            .with_label_values(&[name])
+            .set(weight);
+    }
 }
 
-/// Every canary's current weight.
-pub fn weights() -> Vec<(String, f64)> {
-    let mut all: Vec<(String, f64)> = WEIGHTS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .iter()
-        .map(|(n, w)| (n.clone(), f64::from_bits(w.live.load(Ordering::Relaxed))))
-        .collect();
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    all
+/// Every canary of one config version, by name: what the admin API's `/canary` reads and sets.
+#[derive(Default)]
+pub struct CanaryBoard {
+    weights: Mutex<BTreeMap<String, Arc<Weight>>>,
+}
+
+impl CanaryBoard {
+    fn add(&self, name: &str, weight: Arc<Weight>) {
+        self.weights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_string(), weight);
+    }
+
+    /// Set a canary's weight now. Unknown canary or a weight out of 0..=100: an error.
+    pub fn set_weight(&self, name: &str, weight: f64) -> std::result::Result<(), String> {
+        if !(0.0..=100.0).contains(&weight) {
+            return Err("weight: between 0 and 100".into());
+        }
+        let w = self
+            .weights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no canary named `{name}`"))?;
+        w.set(name, weight);
+        Ok(())
+    }
+
+    /// Every canary's current weight, by name.
+    pub fn weights(&self) -> Vec<(String, f64)> {
+        self.weights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(n, w)| (n.clone(), w.get()))
+            .collect()
+    }
+
+    fn weights_reply(&self) -> AdminReply {
+        let weights: serde_json::Map<String, serde_json::Value> = self
+            .weights()
+            .into_iter()
+            .map(|(name, w)| (name, serde_json::json!(w)))
+            .collect();
+        AdminReply::json(200, &serde_json::json!({ "weights": weights }))
+    }
+}
+
+/// `GET /canary`: every canary's weight. `POST /canary {"weight": 5, "name": "default"}`: the
+/// new weight applies to the next request.
+#[async_trait]
+impl AdminEndpoint for CanaryBoard {
+    fn path(&self) -> &'static str {
+        "/canary"
+    }
+
+    async fn handle(&self, req: &AdminRequest<'_>) -> AdminReply {
+        match req.method {
+            "GET" => self.weights_reply(),
+            "POST" => {
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(req.body) else {
+                    return AdminReply::error(400, "the body must be JSON: {\"weight\": 5}");
+                };
+                let Some(weight) = v.get("weight").and_then(serde_json::Value::as_f64) else {
+                    return AdminReply::error(400, "`weight` (a number, 0 to 100) is required");
+                };
+                let name = v
+                    .get("name")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("default");
+                match self.set_weight(name, weight) {
+                    Ok(()) => {
+                        tracing::info!(
+                            canary = name,
+                            weight,
+                            "canary weight set through the admin API"
+                        );
+                        self.weights_reply()
+                    }
+                    Err(e) if e.starts_with("no canary") => AdminReply::error(404, &e),
+                    Err(e) => AdminReply::error(400, &e),
+                }
+            }
+            _ => AdminReply::error(
+                405,
+                "GET reads the canary weights, POST {\"weight\": N} sets one",
+            ),
+        }
+    }
 }
 
 pub struct Canary {
@@ -115,17 +177,21 @@ pub struct Canary {
 }
 
 impl Canary {
-    pub fn build(cfg: &CanaryConfig, bctx: &BuildContext) -> std::result::Result<Self, String> {
+    pub fn build(cfg: &CanaryConfig, bctx: &mut BuildContext) -> std::result::Result<Self, String> {
         if !(0.0..=100.0).contains(&cfg.weight) {
             return Err("weight: between 0 and 100".into());
         }
         if !bctx.clusters.is_empty() && !bctx.clusters.contains(&cfg.cluster) {
             return Err(format!("cluster: no cluster named `{}`", cfg.cluster));
         }
+        let weight = bctx.shared::<Weight>(&cfg.name, || Ok(Weight::default()))?;
+        let board = bctx.local::<CanaryBoard>();
+        board.add(&cfg.name, weight.clone());
+        bctx.register_admin(board);
         Ok(Canary {
             name: cfg.name.clone(),
             cluster: Arc::from(cfg.cluster.as_str()),
-            weight: weight_of(&cfg.name),
+            weight,
             configured: cfg.weight,
             key: Template::parse(&cfg.sticky_key).map_err(|e| format!("sticky_key: {e}"))?,
             routes: cfg.routes.clone(),
@@ -164,13 +230,7 @@ impl Filter for Canary {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *configured != Some(self.configured) {
             *configured = Some(self.configured);
-            self.weight
-                .live
-                .store(self.configured.to_bits(), Ordering::Relaxed);
-            FILTER_METRICS
-                .canary_weight
-                .with_label_values(&[&self.name])
-                .set(self.configured);
+            self.weight.set(&self.name, self.configured);
         }
     }
 
@@ -185,7 +245,7 @@ impl Filter for Canary {
         if !self.routes.is_empty() && !self.routes.iter().any(|r| **r == *route.route) {
             return Ok(FilterAction::Continue);
         }
-        let weight = f64::from_bits(self.weight.live.load(Ordering::Relaxed));
+        let weight = self.weight.get();
         let candidate = weight > 0.0 && Canary::point(&self.key.render(session, ctx)) < weight;
         if candidate {
             if let Some(route) = ctx.route.as_mut() {
@@ -218,6 +278,18 @@ impl Filter for Canary {
     }
 }
 
+impl crate::build::BuildFilter for Canary {
+    const TYPE: &'static str = "canary";
+    type Config = CanaryConfig;
+
+    fn build(
+        cfg: &CanaryConfig,
+        bctx: &mut crate::build::BuildContext,
+    ) -> std::result::Result<Self, String> {
+        Canary::build(cfg, bctx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,11 +304,10 @@ mod tests {
     }
 
     #[test]
-    fn weights_are_checked() {
-        assert!(set_weight("nobody", 5.0).is_err());
-        let bctx = BuildContext {
-            clusters: vec!["rust".into()],
-        };
+    fn weights_are_checked_and_survive_a_reload_that_keeps_them() {
+        let clusters = vec!["rust".to_string()];
+        let none = Default::default();
+        let mut bctx = BuildContext::new(&clusters, &none, None);
         let cfg = CanaryConfig {
             name: "t".into(),
             cluster: "rust".into(),
@@ -244,24 +315,32 @@ mod tests {
             sticky_key: default_key(),
             routes: vec![],
         };
-        let c = Canary::build(&cfg, &bctx).unwrap();
+        let c = Canary::build(&cfg, &mut bctx).unwrap();
+        let board = bctx.local::<CanaryBoard>();
+        assert!(board.set_weight("nobody", 5.0).is_err());
         c.activate();
-        assert_eq!(
-            weights().iter().find(|(n, _)| n == "t").map(|w| w.1),
-            Some(1.5)
-        );
-        set_weight("t", 20.0).unwrap();
-        assert!(set_weight("t", 120.0).is_err());
+        assert_eq!(board.weights(), vec![("t".to_string(), 1.5)]);
+        board.set_weight("t", 20.0).unwrap();
+        assert!(board.set_weight("t", 120.0).is_err());
+        let (v1, _) = bctx.finish();
         // A reload with the same configured weight keeps the admin's.
-        Canary::build(&cfg, &bctx).unwrap().activate();
+        let mut reload = BuildContext::new(&clusters, &none, Some(&v1));
+        Canary::build(&cfg, &mut reload).unwrap().activate();
         assert_eq!(
-            weights().iter().find(|(n, _)| n == "t").map(|w| w.1),
-            Some(20.0)
+            reload.local::<CanaryBoard>().weights(),
+            vec![("t".to_string(), 20.0)]
+        );
+        // A canary another version does not keep starts from its config.
+        let mut fresh = BuildContext::new(&clusters, &none, None);
+        Canary::build(&cfg, &mut fresh).unwrap().activate();
+        assert_eq!(
+            fresh.local::<CanaryBoard>().weights(),
+            vec![("t".to_string(), 1.5)]
         );
         let other = CanaryConfig {
             cluster: "python".into(),
             ..cfg
         };
-        assert!(Canary::build(&other, &bctx).is_err());
+        assert!(Canary::build(&other, &mut fresh).is_err());
     }
 }

@@ -176,3 +176,15 @@ impl Filter for Cors {
         Ok(())
     }
 }
+
+impl crate::build::BuildFilter for Cors {
+    const TYPE: &'static str = "cors";
+    type Config = CorsConfig;
+
+    fn build(
+        cfg: &CorsConfig,
+        _bctx: &mut crate::build::BuildContext,
+    ) -> std::result::Result<Self, String> {
+        Cors::build(cfg)
+    }
+}

@@ -174,3 +174,15 @@ impl Filter for Headers {
         Ok(())
     }
 }
+
+impl crate::build::BuildFilter for Headers {
+    const TYPE: &'static str = "headers";
+    type Config = HeadersConfig;
+
+    fn build(
+        cfg: &HeadersConfig,
+        _bctx: &mut crate::build::BuildContext,
+    ) -> std::result::Result<Self, String> {
+        Headers::build(cfg)
+    }
+}

@@ -2,8 +2,11 @@
 //! built-in filters. The gateway core (`src/`) depends on this crate, never the reverse.
 
 pub mod access_log;
+pub mod admin;
 pub mod background;
 pub mod body_limit;
+pub mod build;
+mod build_pending;
 pub mod canary;
 pub mod context;
 pub mod cors;
@@ -25,6 +28,8 @@ pub mod template;
 pub mod uac;
 pub mod units;
 
+pub use admin::{AdminEndpoint, AdminReply, AdminRequest};
+pub use build::{BuildContext, BuildFilter, Resources};
 pub use context::{RequestCtx, RouteTarget};
 pub use filter::{Filter, FilterAction, LocalResponse, LocalStream, LocalUpgrade};
-pub use registry::{build_filter, BuildContext, FilterConfig};
+pub use registry::{build_filter, FilterConfig, FILTER_TYPES};

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use tracing::warn;
 
+use crate::build::BuildContext;
 use crate::context::{PolicyLog, RequestCtx};
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
 use crate::metrics::FILTER_METRICS;
@@ -29,6 +30,8 @@ use crate::units::HumanDuration;
 
 /// The environment variable naming an external OPA server (seed 004).
 pub const OPA_ENDPOINT_ENV: &str = "PROXY_OPA_ENDPOINT";
+/// The `BuildContext::settings` key of `--opa-endpoint`.
+pub const OPA_ENDPOINT_SETTING: &str = "opa.endpoint";
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -440,7 +443,25 @@ fn rego_object<const N: usize>(fields: [(&str, Rego); N]) -> Rego {
 }
 
 impl Opa {
+    /// TEMPORARY until the mcp filter takes a `BuildContext`.
     pub fn build(cfg: &OpaConfig) -> std::result::Result<Self, String> {
+        Self::with_default_endpoint(cfg, None)
+    }
+
+    /// Build the filter; an `opa` entry with neither `policy` nor `endpoint` asks the OPA server
+    /// the command line named (`--opa-endpoint`, the `opa.endpoint` setting), else the one in
+    /// `PROXY_OPA_ENDPOINT`.
+    pub fn new(cfg: &OpaConfig, bctx: &BuildContext) -> std::result::Result<Self, String> {
+        Self::with_default_endpoint(
+            cfg,
+            bctx.settings.get(OPA_ENDPOINT_SETTING).map(String::as_str),
+        )
+    }
+
+    fn with_default_endpoint(
+        cfg: &OpaConfig,
+        default_endpoint: Option<&str>,
+    ) -> std::result::Result<Self, String> {
         let engine = match (&cfg.policy, &cfg.endpoint) {
             (Some(_), Some(_)) => return Err("set only one of `policy` and `endpoint`".into()),
             (Some(policy), None) => {
@@ -456,8 +477,8 @@ impl Opa {
                 Engine::Embedded(compiled)
             }
             (None, endpoint) => {
-                let endpoint = match endpoint {
-                    Some(e) => e.clone(),
+                let endpoint = match endpoint.as_deref().or(default_endpoint) {
+                    Some(e) => e.to_string(),
                     None => std::env::var(OPA_ENDPOINT_ENV).map_err(|_| {
                         format!("set `policy` (embedded engine) or `endpoint` (external OPA), or {OPA_ENDPOINT_ENV}")
                     })?,
@@ -673,6 +694,18 @@ impl Filter for Opa {
 /// Headers an allow decision asked to add to the upstream request.
 #[derive(Clone)]
 struct PolicyHeaders(Vec<(String, String)>);
+
+impl crate::build::BuildFilter for Opa {
+    const TYPE: &'static str = "opa";
+    type Config = OpaConfig;
+
+    fn build(
+        cfg: &OpaConfig,
+        bctx: &mut crate::build::BuildContext,
+    ) -> std::result::Result<Self, String> {
+        Opa::new(cfg, bctx)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
+use crate::build::BuildContext;
 use crate::context::RequestCtx;
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
 use crate::metrics::FILTER_METRICS;
@@ -154,33 +155,31 @@ struct LocalLimiter {
     last_gc: AtomicU64,
 }
 
-static LOCAL_LIMITERS: Lazy<Mutex<Vec<Weak<LocalLimiter>>>> = Lazy::new(|| Mutex::new(Vec::new()));
+/// Process start, the origin of `last_gc` (truly process-wide: a clock origin).
 static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
 
 const GC_EVERY_SECS: u64 = 30;
 
 impl LocalLimiter {
-    fn shared(spec: &LimitSpec) -> std::result::Result<Arc<Self>, String> {
-        let mut all = LOCAL_LIMITERS.lock().unwrap_or_else(|p| p.into_inner());
-        all.retain(|w| w.strong_count() > 0);
-        if let Some(l) = all
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|l| l.spec == *spec)
-        {
-            return Ok(l);
-        }
-        let burst = NonZeroU32::new(spec.burst).ok_or("burst: must be at least 1")?;
-        let quota = Quota::with_period(spec.period())
-            .ok_or("the limit's period is too small")?
-            .allow_burst(burst);
-        let l = Arc::new(LocalLimiter {
-            spec: spec.clone(),
-            governor: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
-            last_gc: AtomicU64::new(0),
-        });
-        all.push(Arc::downgrade(&l));
-        Ok(l)
+    /// The limiter of `spec`: a shared resource keyed by every parameter of the limit, so a
+    /// reload that keeps a limit keeps its buckets, and one that changes it starts afresh.
+    fn shared(spec: &LimitSpec, bctx: &mut BuildContext) -> std::result::Result<Arc<Self>, String> {
+        let key = format!(
+            "{}|{}|{}|{:?}|{}",
+            spec.name, spec.key, spec.requests, spec.per, spec.burst
+        );
+        bctx.shared::<LocalLimiter>(&key, || {
+            let burst = NonZeroU32::new(spec.burst).ok_or("burst: must be at least 1")?;
+            let quota = Quota::with_period(spec.period())
+                .ok_or("the limit's period is too small")?
+                .allow_burst(burst);
+            Ok(LocalLimiter {
+                spec: spec.clone(),
+                governor: RateLimiter::dashmap(quota)
+                    .with_middleware::<StateInformationMiddleware>(),
+                last_gc: AtomicU64::new(0),
+            })
+        })
     }
 
     fn check(self: &Arc<Self>, key: &str) -> LimitOutcome {
@@ -447,7 +446,16 @@ pub struct RateLimit {
 struct RateHeaders(Vec<(&'static str, String)>);
 
 impl RateLimit {
+    /// TEMPORARY until the mcp filter takes a `BuildContext`: limits not kept across reloads.
     pub fn build(cfg: &RateLimitConfig) -> std::result::Result<Self, String> {
+        let none = std::collections::BTreeMap::new();
+        Self::new(cfg, &mut BuildContext::new(&[], &none, None))
+    }
+
+    pub fn new(
+        cfg: &RateLimitConfig,
+        bctx: &mut BuildContext,
+    ) -> std::result::Result<Self, String> {
         let mut specs: Vec<(LimitSpec, Option<String>)> = Vec::new();
         if let Some(rps) = cfg.requests_per_second {
             specs.push((
@@ -519,7 +527,8 @@ impl RateLimit {
                 .transpose()
                 .map_err(|e| format!("{}.key: {e}", spec.name))?;
             limits.push(Limit {
-                local: LocalLimiter::shared(spec).map_err(|e| format!("{}: {e}", spec.name))?,
+                local: LocalLimiter::shared(spec, bctx)
+                    .map_err(|e| format!("{}: {e}", spec.name))?,
                 key,
             });
         }
@@ -729,6 +738,15 @@ impl Filter for RateLimit {
     }
 }
 
+impl crate::build::BuildFilter for RateLimit {
+    const TYPE: &'static str = "rate_limit";
+    type Config = RateLimitConfig;
+
+    fn build(cfg: &RateLimitConfig, bctx: &mut BuildContext) -> std::result::Result<Self, String> {
+        RateLimit::new(cfg, bctx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -743,9 +761,15 @@ mod tests {
         }
     }
 
+    fn no_settings() -> &'static std::collections::BTreeMap<String, String> {
+        static NONE: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+        &NONE
+    }
+
     #[test]
     fn local_gcra_admits_the_burst_then_refuses() {
-        let l = LocalLimiter::shared(&spec("t1", 5, 1, 5)).unwrap();
+        let mut bctx = BuildContext::new(&[], no_settings(), None);
+        let l = LocalLimiter::shared(&spec("t1", 5, 1, 5), &mut bctx).unwrap();
         let admitted = (0..20).filter(|_| l.check("k").allowed).count();
         assert_eq!(admitted, 5);
         let refused = l.check("k");
@@ -759,30 +783,43 @@ mod tests {
     }
 
     #[test]
-    fn local_state_is_shared_by_identical_limits() {
-        let a = LocalLimiter::shared(&spec("t2", 2, 60, 2)).unwrap();
-        let b = LocalLimiter::shared(&spec("t2", 2, 60, 2)).unwrap();
+    fn local_state_is_shared_by_identical_limits_and_kept_across_a_reload() {
+        let mut bctx = BuildContext::new(&[], no_settings(), None);
+        let a = LocalLimiter::shared(&spec("t2", 2, 60, 2), &mut bctx).unwrap();
+        let b = LocalLimiter::shared(&spec("t2", 2, 60, 2), &mut bctx).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        let c = LocalLimiter::shared(&spec("t2", 3, 60, 3)).unwrap();
+        let c = LocalLimiter::shared(&spec("t2", 3, 60, 3), &mut bctx).unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
+        let (v1, _) = bctx.finish();
+        let mut reload = BuildContext::new(&[], no_settings(), Some(&v1));
+        let kept = LocalLimiter::shared(&spec("t2", 2, 60, 2), &mut reload).unwrap();
+        assert!(Arc::ptr_eq(&a, &kept));
+        let mut other_process = BuildContext::new(&[], no_settings(), None);
+        let fresh = LocalLimiter::shared(&spec("t2", 2, 60, 2), &mut other_process).unwrap();
+        assert!(!Arc::ptr_eq(&a, &fresh));
     }
 
     #[test]
     fn config_errors() {
         let cfg = |y: serde_json::Value| serde_json::from_value::<RateLimitConfig>(y).unwrap();
-        assert!(RateLimit::build(&cfg(serde_json::json!({}))).is_err());
-        assert!(RateLimit::build(&cfg(serde_json::json!({"burst": 3}))).is_err());
-        assert!(RateLimit::build(&cfg(
-            serde_json::json!({"limits": [{"requests": 0, "per": "1s"}]})
-        ))
+        let mut bctx = BuildContext::new(&[], no_settings(), None);
+        let bctx = &mut bctx;
+        assert!(RateLimit::new(&cfg(serde_json::json!({})), bctx).is_err());
+        assert!(RateLimit::new(&cfg(serde_json::json!({"burst": 3})), bctx).is_err());
+        assert!(RateLimit::new(
+            &cfg(serde_json::json!({"limits": [{"requests": 0, "per": "1s"}]})),
+            bctx
+        )
         .is_err());
-        assert!(RateLimit::build(&cfg(
-            serde_json::json!({"key": "{{ nope }}", "requests_per_second": 1})
-        ))
+        assert!(RateLimit::new(
+            &cfg(serde_json::json!({"key": "{{ nope }}", "requests_per_second": 1})),
+            bctx
+        )
         .is_err());
-        let ok = RateLimit::build(&cfg(
-            serde_json::json!({"requests_per_second": 10, "requests_per_minute": 100}),
-        ))
+        let ok = RateLimit::new(
+            &cfg(serde_json::json!({"requests_per_second": 10, "requests_per_minute": 100})),
+            bctx,
+        )
         .unwrap();
         assert_eq!(
             ok.policy_header,

@@ -120,6 +120,18 @@ impl Filter for RequestId {
     }
 }
 
+impl crate::build::BuildFilter for RequestId {
+    const TYPE: &'static str = "request_id";
+    type Config = RequestIdConfig;
+
+    fn build(
+        cfg: &RequestIdConfig,
+        _bctx: &mut crate::build::BuildContext,
+    ) -> std::result::Result<Self, String> {
+        RequestId::build(cfg)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
 mod tests {

@@ -15,9 +15,9 @@ use pingora_proxy::Session;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use crate::build::BuildContext;
 use crate::context::{RequestCtx, RouteTarget};
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
-use crate::registry::BuildContext;
 use crate::template::request_host;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -400,6 +400,22 @@ impl Filter for Router {
     }
 }
 
+impl crate::build::BuildFilter for Router {
+    const TYPE: &'static str = "router";
+    type Config = RouterConfig;
+
+    fn build(
+        cfg: &RouterConfig,
+        bctx: &mut crate::build::BuildContext,
+    ) -> std::result::Result<Self, String> {
+        Router::build(cfg, bctx)
+    }
+
+    fn routes_upstream(_cfg: &Self::Config) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
 mod tests {
@@ -408,13 +424,9 @@ mod tests {
     fn router(yaml_routes: serde_json::Value) -> Router {
         let cfg: RouterConfig =
             serde_json::from_value(serde_json::json!({ "routes": yaml_routes })).unwrap();
-        Router::build(
-            &cfg,
-            &BuildContext {
-                clusters: vec!["a".into(), "b".into()],
-            },
-        )
-        .unwrap()
+        let clusters = ["a".to_string(), "b".to_string()];
+        let none = Default::default();
+        Router::build(&cfg, &BuildContext::new(&clusters, &none, None)).unwrap()
     }
 
     fn req(method: &str, uri: &str, host: Option<&str>) -> RequestHeader {
@@ -474,7 +486,8 @@ mod tests {
             { "name": "bad", "cluster": "nope" }
         ]}))
         .unwrap();
-        let err = Router::build(&cfg, &BuildContext { clusters: vec![] })
+        let none = Default::default();
+        let err = Router::build(&cfg, &BuildContext::new(&[], &none, None))
             .err()
             .unwrap();
         assert!(

@@ -28,6 +28,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
+use crate::build::BuildContext;
 use crate::context::RequestCtx;
 use crate::exchange::{header_pairs, Exchange, EXCHANGE_PHASES};
 use crate::filter::{Filter, FilterAction};
@@ -35,6 +36,7 @@ use crate::metrics::FILTER_METRICS;
 use crate::template::Template;
 use crate::units::{ByteSize, HumanDuration};
 use compare::{Comparator, CompareConfig, Difference, Observed};
+use report::Report;
 
 /// The runbook's switch and candidate URL (Phase 1: `SHADOW_MODE_ENABLED=true`,
 /// `SHADOW_RUST_GATEWAY_URL=http://…`).
@@ -168,11 +170,14 @@ pub struct Mirror {
     marker: http::HeaderName,
     comparator: Arc<Comparator>,
     client: reqwest::Client,
+    report: Arc<Report>,
 }
 
 /// Distinct `field` labels of `mcp_shadow_field_differences_total` per process; more share
 /// `other`.
 const MAX_FIELD_LABELS: usize = 200;
+/// The `field` labels in use. Process-wide because the metric is: a label, once exported,
+/// stays in the metrics registry for the process's life, so its bound must too.
 static FIELD_LABELS: Lazy<std::sync::Mutex<std::collections::HashSet<String>>> =
     Lazy::new(Default::default);
 
@@ -190,7 +195,7 @@ fn field_label(field: &str) -> String {
 }
 
 impl Mirror {
-    pub fn build(cfg: &MirrorConfig) -> std::result::Result<Self, String> {
+    pub fn build(cfg: &MirrorConfig, bctx: &mut BuildContext) -> std::result::Result<Self, String> {
         let base_url = |key: &str, text: &str| {
             reqwest::Url::parse(text)
                 .ok()
@@ -237,6 +242,11 @@ impl Mirror {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| format!("HTTP client: {e}"))?,
+            report: {
+                let report = bctx.shared::<Report>("", || Ok(Report::default()))?;
+                bctx.register_admin(report.clone());
+                report
+            },
         })
     }
 
@@ -371,6 +381,7 @@ impl Filter for Mirror {
             marker: self.marker.clone(),
             comparator: self.comparator.clone(),
             client: self.client.clone(),
+            report: self.report.clone(),
         };
         crate::background::idle_handle().spawn(async move {
             shot.fire().await;
@@ -402,6 +413,7 @@ struct Shot {
     marker: http::HeaderName,
     comparator: Arc<Comparator>,
     client: reqwest::Client,
+    report: Arc<Report>,
 }
 
 impl Shot {
@@ -464,13 +476,13 @@ impl Shot {
             Ok(_) => "ok",
             Err(status) => status,
         };
-        report::record_outcome(&self.route, outcome(&candidate));
+        self.report.record_outcome(&self.route, outcome(&candidate));
         FILTER_METRICS
             .shadow_requests
             .with_label_values(&[&self.route, outcome(&candidate)])
             .inc();
         if let Some(b) = &baseline {
-            noise::record_baseline(&self.route, outcome(b));
+            self.report.noise.record_baseline(&self.route, outcome(b));
             FILTER_METRICS
                 .shadow_baseline_requests
                 .with_label_values(&[&self.route, outcome(b)])
@@ -488,7 +500,9 @@ impl Shot {
                 _ => None,
             };
             let (real, noise) =
-                noise::separate(&self.route, differences, noise_now.as_deref(), margin);
+                self.report
+                    .noise
+                    .separate(&self.route, differences, noise_now.as_deref(), margin);
             for d in &noise {
                 FILTER_METRICS
                     .shadow_noise_differences
@@ -497,7 +511,7 @@ impl Shot {
             }
             differences = real;
         }
-        report::record_comparison(
+        self.report.record_comparison(
             &self.route,
             &self.capture.method,
             self.capture.path(),
@@ -541,25 +555,36 @@ impl Shot {
     }
 }
 
+impl crate::build::BuildFilter for Mirror {
+    const TYPE: &'static str = "mirror";
+    type Config = MirrorConfig;
+
+    fn build(cfg: &MirrorConfig, bctx: &mut BuildContext) -> std::result::Result<Self, String> {
+        Mirror::build(cfg, bctx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn sampling_is_stable_and_close_to_the_share() {
+        let none = Default::default();
+        let mut bctx = BuildContext::new(&[], &none, None);
         let mut cfg = MirrorConfig::for_url("http://candidate:8080");
         cfg.percent = 10.0;
-        let m = Mirror::build(&cfg).unwrap();
+        let m = Mirror::build(&cfg, &mut bctx).unwrap();
         let hits = (0..20_000)
             .filter(|i| m.sampled(&format!("user-{i}")))
             .count();
         assert!((1_700..2_300).contains(&hits), "{hits}");
         assert_eq!(m.sampled("user-7"), m.sampled("user-7"));
         cfg.percent = 0.0;
-        assert!(!Mirror::build(&cfg).unwrap().sampled("x"));
+        assert!(!Mirror::build(&cfg, &mut bctx).unwrap().sampled("x"));
         cfg.percent = 100.0;
-        assert!(Mirror::build(&cfg).unwrap().sampled("x"));
+        assert!(Mirror::build(&cfg, &mut bctx).unwrap().sampled("x"));
         cfg.percent = 101.0;
-        assert!(Mirror::build(&cfg).is_err());
+        assert!(Mirror::build(&cfg, &mut bctx).is_err());
     }
 }
