@@ -48,7 +48,7 @@ pub struct GatewayConfig {
     pub chains: BTreeMap<String, Vec<Spanned<FilterConfig>>>,
     #[serde(default)]
     pub clusters: BTreeMap<String, Spanned<ClusterConfig>>,
-    /// Shadow capture and contract discovery (seed 004): used in `mode: shadow`, and in other
+    /// Shadow capture and contract discovery: used in `mode: shadow`, and in other
     /// modes with `keep_observing: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<Spanned<stoa_filters::uac::ShadowConfig>>,
@@ -547,7 +547,8 @@ impl GatewayConfig {
     }
 
     /// Whether exchanges are captured for the shadow store: `mode: shadow`, or
-    /// `shadow.keep_observing: true` in another mode (seed 004's dual mode).
+    /// `shadow.keep_observing: true` in another mode (dual mode: the chain enforces while
+    /// the store keeps capturing).
     pub fn observing(&self) -> bool {
         self.gateway.mode == Some(Mode::Shadow)
             || self.shadow.as_ref().is_some_and(|s| s.value.keep_observing)

@@ -30,7 +30,7 @@ fn quoted(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
 
-/// The default listening port of each mode (seed 004: edge-mcp on 3001).
+/// The default listening port of each mode: 3001 for edge-mcp, 8080 for the others.
 pub fn default_port(mode: Mode) -> u16 {
     match mode {
         Mode::EdgeMcp => 3001,
@@ -111,7 +111,8 @@ pub fn preset_yaml(a: &PresetArgs) -> Result<String, String> {
         Mode::EdgeMcp => "    - type: cors\n      allow_origins: [\"*\"]\n      allow_headers: [authorization, content-type, mcp-session-id, mcp-protocol-version, mcp-method, mcp-name, last-event-id]\n      expose_headers: [mcp-session-id]\n",
         _ => "",
     };
-    // Seed 004: the Keycloak variables apply to every mode that serves clients directly.
+    // The Keycloak variables apply to every mode that serves clients directly (not shadow,
+    // which only observes).
     let mut security = String::new();
     if let (Some(kc), Mode::Proxy | Mode::EdgeMcp | Mode::Sidecar) = (&a.keycloak, a.mode) {
         let client = kc.client_id.ok_or_else(|| {
@@ -162,7 +163,7 @@ pub fn preset_yaml(a: &PresetArgs) -> Result<String, String> {
         String::new()
     };
     // Shadow mode observes without touching: no request id header, and the target is opted
-    // in for capture (seed 004's one-line start).
+    // in for capture, so `--mode=shadow --target URL` alone starts capturing.
     let (request_id, shadow) = match (a.mode, upstream) {
         (Mode::Shadow, Some(target)) => {
             let (endpoint, _) = upstream_endpoint(target)?;

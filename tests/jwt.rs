@@ -637,7 +637,8 @@ async fn local_key_files_and_claim_templates_in_header_transforms() {
         ),
     ] {
         let filter = format!("      issuer: {iss}\n      audiences: [{AUD}]\n{source}");
-        // Seed 004's transforms: a tenant header from the token, an internal header removed.
+        // The usual header transforms behind `jwt`: a tenant header from the token, an
+        // internal header removed.
         let extra = "    - type: headers\n      request:\n        set: { X-Tenant-ID: \"{{ .tenant }}\", X-Sub: \"user={{ sub }}\", X-Plan: \"{{ claims.plan.tier }}\" }\n      response:\n        remove: [X-Internal-Secret]\n";
         let gw = Gateway::start(&config(&filter, extra, &up)).await;
         let mut c = claims(iss, AUD, "carol");

@@ -1,4 +1,5 @@
-//! The migration runbook's Prometheus rules and Grafana dashboard (`docker/observability/`):
+//! The Prometheus rules and Grafana dashboard that watch a migration (mirror, then canary,
+//! then cut over; `docker/observability/`):
 //! `promtool check rules` (Debian's prometheus package, installed by the test command) accepts
 //! them, and every metric they use is one the real gateway exports once it runs the `mirror`
 //! and `canary` filters with a health-checked candidate cluster.

@@ -1,8 +1,9 @@
-//! Shadow mode end to end (seed 004): the real binary in front of a real legacy-style API
-//! written here. Passthrough is transparent; opted-in traffic is captured, masked, stored (and
-//! survives a restart), purged by retention; contracts are inferred, exported as OpenAPI 3.1
-//! (checked by `openapi-spec-validator`), reviewed with every read audited, exported to a
-//! control plane once approved, and enforced by `uac_validation` in proxy mode.
+//! Shadow mode end to end (contract discovery): the real binary in front of a real
+//! legacy-style API written here. Passthrough is transparent; opted-in traffic is captured,
+//! masked, stored (and survives a restart), purged by retention; contracts are inferred,
+//! exported as OpenAPI 3.1 (checked by `openapi-spec-validator`), reviewed with every read
+//! audited, exported to a control plane once approved, and enforced by `uac_validation` in
+//! proxy mode.
 
 mod common;
 
@@ -688,7 +689,7 @@ async fn the_one_line_start_and_a_full_queue() {
     let legacy = legacy_api().await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("one-line.db");
-    // Seed 004: `stoa-gateway --mode=shadow --target=http://legacy-erp:8080`.
+    // The one-line start: `stoa-gateway --mode=shadow --target=http://legacy-erp:8080`.
     let gw = Gateway::builder()
         .no_config_flag()
         .arg("--mode=shadow")
@@ -751,7 +752,7 @@ async fn the_one_line_start_and_a_full_queue() {
 fn bad_shadow_settings_are_config_errors_with_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        // Retention beyond seed 004's 30 days.
+        // Retention beyond the 30-day maximum.
         (
             "shadow:\n  retention: 40d\n  opt_in: [{ name: erp }]\n",
             "shadow.retention",
