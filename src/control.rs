@@ -89,8 +89,11 @@ impl ControlPlane {
                     warn!("first health checks of the new config took too long; swapping anyway");
                 }
                 let version = state.version;
+                // One swap makes the whole version current (chains, clusters, shadow settings,
+                // admin endpoints); then its filters are told it serves.
+                let state = Arc::new(state);
+                self.state.store(state.clone());
                 state.activate();
-                self.state.store(Arc::new(state));
                 METRICS.reloads.with_label_values(&["ok"]).inc();
                 info!(version, trigger, "config reloaded");
                 Ok(version)

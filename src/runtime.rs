@@ -65,6 +65,8 @@ pub struct GatewayState {
     /// The state this version's filters share and the next version may keep (see
     /// `stoa_filters::build`).
     pub resources: Resources,
+    /// What the filters asked to run when this version serves.
+    on_activate: Vec<stoa_filters::build::Activation>,
 }
 
 pub type SharedState = Arc<ArcSwap<GatewayState>>;
@@ -112,7 +114,7 @@ impl GatewayState {
             }
             chains.push(Arc::new(Chain::new(filters, labels)));
         }
-        let (resources, admin_endpoints) = bctx.finish();
+        let built = bctx.finish();
         let admin = crate::admin_guard::AdminGuard::build(&config.admin)?;
         Ok(GatewayState {
             version,
@@ -120,8 +122,9 @@ impl GatewayState {
             chains,
             clusters,
             admin: Arc::new(admin),
-            admin_endpoints,
-            resources,
+            admin_endpoints: built.admin_endpoints,
+            resources: built.resources,
+            on_activate: built.on_activate,
         })
     }
 
@@ -137,8 +140,11 @@ impl GatewayState {
         }
     }
 
-    /// Tell every filter its config version is about to serve (starts key prefetches, ...).
+    /// Tell every filter its config version serves now (starts key prefetches, ...).
     pub fn activate(&self) {
+        for f in &self.on_activate {
+            f();
+        }
         for cluster in self.clusters.values() {
             if let Some(b) = &cluster.breaker {
                 b.activate();

@@ -508,3 +508,113 @@ clusters:
         "requests reached the unhealthy endpoint after a reload: {rep:?}"
     );
 }
+
+/// Route everything to `target` and capture it for the shadow store under the API name
+/// `via-{target}`: the chain (which upstream) and the `shadow:` settings (which API name) of
+/// one version go together.
+fn routed_and_observed(
+    target: &str,
+    a: &Upstream,
+    b: &Upstream,
+    store: &std::path::Path,
+) -> String {
+    format!(
+        r#"
+listeners:
+  - name: pub
+    address: "127.0.0.1:@PORT@"
+    chains: [routes]
+chains:
+  routes:
+    - type: router
+      routes:
+        - name: all
+          match: {{ path_prefix: / }}
+          cluster: {target}
+clusters:
+  a: {{ endpoints: ["{a}"], health_check: {{ path: /health, interval: 30s, timeout: 5s }} }}
+  b: {{ endpoints: ["{b}"], health_check: {{ path: /health, interval: 30s, timeout: 5s }} }}
+shadow:
+  keep_observing: true
+  store:
+    path: "{store}"
+  opt_in:
+    - name: via-{target}
+      path_prefix: /
+"#,
+        a = a.address(),
+        b = b.address(),
+        store = store.display(),
+    )
+}
+
+/// A reload that changes the chains and the `shadow:` settings together is one swap: no
+/// request is captured under one version's settings while served by the other's chain, even
+/// while the new version's first health checks hold the swap back for a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swaps_chains_and_shadow_settings_together() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("shadow.db");
+    let gw = Gateway::builder()
+        .config(&routed_and_observed("a", &a, &b, &store))
+        .watch_config(false)
+        .start()
+        .await;
+    // From now on every first health check of a new version takes a second.
+    for u in [&a, &b] {
+        u.health_delay_ms
+            .store(1000, std::sync::atomic::Ordering::SeqCst);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(gw.url("/load"), LoadOptions::keepalive(4), stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..4 {
+        let target = if i % 2 == 0 { "b" } else { "a" };
+        gw.write_config(&routed_and_observed(target, &a, &b, &store));
+        gw.signal(libc::SIGHUP);
+        wait_served_by(&gw, target, Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rep = tokio::time::timeout(Duration::from_secs(30), load)
+        .await
+        .expect("load did not stop")
+        .unwrap();
+    assert_eq!(rep.failed, 0, "{rep:?}");
+    // Every sample captured as `via-X` was answered by X.
+    let mut seen = 0;
+    for (api, server) in [("via-a", "a"), ("via-b", "b")] {
+        let mut samples = Vec::new();
+        for _ in 0..50 {
+            let r = admin_request(
+                reqwest::Method::GET,
+                gw.admin_url(&format!(
+                    "/uac/observations?api={api}&limit=1000&reason=reload+test"
+                )),
+            )
+            .header("x-stoa-actor", "reload-test")
+            .send()
+            .await
+            .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.unwrap();
+            samples = v["samples"].as_array().cloned().unwrap_or_default();
+            if !samples.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!samples.is_empty(), "nothing captured as {api}");
+        for s in &samples {
+            let body = s["response_body"].as_str().unwrap_or("");
+            let answered_by: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            assert_eq!(
+                answered_by["server_id"], server,
+                "captured as {api} but served by another chain: {s}"
+            );
+        }
+        seen += samples.len();
+    }
+    assert!(seen >= 50, "too few samples to mean anything: {seen}");
+}

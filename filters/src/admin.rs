@@ -41,13 +41,21 @@ pub struct AdminReply {
 }
 
 impl AdminReply {
-    /// A JSON answer, pretty-printed.
+    /// A JSON answer on one line.
     pub fn json(status: u16, v: &Value) -> Self {
         AdminReply {
             status,
             content_type: "application/json",
             headers: Vec::new(),
+            body: serde_json::to_vec(v).unwrap_or_default(),
+        }
+    }
+
+    /// A JSON answer, pretty-printed (for reports people read).
+    pub fn pretty(status: u16, v: &Value) -> Self {
+        AdminReply {
             body: serde_json::to_vec_pretty(v).unwrap_or_default(),
+            ..Self::json(status, &Value::Null)
         }
     }
 

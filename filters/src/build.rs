@@ -57,6 +57,18 @@ pub struct BuildContext<'a> {
     next: Resources,
     locals: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     admin: Vec<Arc<dyn AdminEndpoint>>,
+    on_activate: Vec<Activation>,
+}
+
+/// Work to do when a built version starts serving.
+pub type Activation = Box<dyn Fn() + Send + Sync>;
+
+/// What building a version produced besides its filters.
+pub struct Built {
+    pub resources: Resources,
+    pub admin_endpoints: Vec<Arc<dyn AdminEndpoint>>,
+    /// Run once the version serves (see `BuildContext::on_activate`).
+    pub on_activate: Vec<Activation>,
 }
 
 impl<'a> BuildContext<'a> {
@@ -73,6 +85,7 @@ impl<'a> BuildContext<'a> {
             next: Resources::default(),
             locals: HashMap::new(),
             admin: Vec::new(),
+            on_activate: Vec::new(),
         }
     }
 
@@ -129,9 +142,20 @@ impl<'a> BuildContext<'a> {
         }
     }
 
-    /// The built version's resources and admin endpoints.
-    pub fn finish(self) -> (Resources, Vec<Arc<dyn AdminEndpoint>>) {
-        (self.next, self.admin)
+    /// Run `f` when this version starts serving (after the swap that makes it current; never
+    /// for a version that failed to build): e.g. tell a shared worker the settings it now runs
+    /// with.
+    pub fn on_activate(&mut self, f: impl Fn() + Send + Sync + 'static) {
+        self.on_activate.push(Box::new(f));
+    }
+
+    /// The built version's resources, admin endpoints and activations.
+    pub fn finish(self) -> Built {
+        Built {
+            resources: self.next,
+            admin_endpoints: self.admin,
+            on_activate: self.on_activate,
+        }
     }
 }
 
@@ -175,13 +199,13 @@ mod tests {
         ));
         // Same key, other type: another resource.
         assert_eq!(*first.shared::<u64>("a", || Ok(7)).unwrap(), 7);
-        let (v1, _) = first.finish();
+        let v1 = first.finish().resources;
         assert_eq!(v1.len(), 3);
 
         let mut second = BuildContext::new(&[], &none, Some(&v1));
         let a2 = second.shared::<u32>("a", || Ok(100)).unwrap();
         assert!(Arc::ptr_eq(&a, &a2), "kept across the reload");
-        let (v2, _) = second.finish();
+        let v2 = second.finish().resources;
         assert_eq!(v2.len(), 1);
         drop(v1);
         // `b` was not asked for again: only this test's handle is left.

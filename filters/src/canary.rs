@@ -322,7 +322,7 @@ mod tests {
         assert_eq!(board.weights(), vec![("t".to_string(), 1.5)]);
         board.set_weight("t", 20.0).unwrap();
         assert!(board.set_weight("t", 120.0).is_err());
-        let (v1, _) = bctx.finish();
+        let v1 = bctx.finish().resources;
         // A reload with the same configured weight keeps the admin's.
         let mut reload = BuildContext::new(&clusters, &none, Some(&v1));
         Canary::build(&cfg, &mut reload).unwrap().activate();

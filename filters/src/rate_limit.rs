@@ -790,7 +790,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         let c = LocalLimiter::shared(&spec("t2", 3, 60, 3), &mut bctx).unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
-        let (v1, _) = bctx.finish();
+        let v1 = bctx.finish().resources;
         let mut reload = BuildContext::new(&[], no_settings(), Some(&v1));
         let kept = LocalLimiter::shared(&spec("t2", 2, 60, 2), &mut reload).unwrap();
         assert!(Arc::ptr_eq(&a, &kept));

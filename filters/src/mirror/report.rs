@@ -159,7 +159,7 @@ impl AdminEndpoint for Report {
 
     async fn handle(&self, req: &AdminRequest<'_>) -> AdminReply {
         match req.method {
-            "GET" => AdminReply::json(200, &self.snapshot()),
+            "GET" => AdminReply::pretty(200, &self.snapshot()),
             "DELETE" => {
                 self.reset();
                 AdminReply::empty(204)
