@@ -211,3 +211,301 @@ impl Jwt {
         Verdict::Invalid(refusal(&last))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::{json, Value};
+
+    const ISSUER: &str = "https://idp.example/realms/stoa";
+    const AUDIENCE: &str = "stoa-api";
+    const SECRET: &str = "test-secret-0123456789abcdef0123456789";
+    /// An Ed25519 key pair made for these tests only.
+    const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEILpyypc6zGl+hPWkZG2RBp120BPhCGXqKuqxKI2lLSoL\n-----END PRIVATE KEY-----\n";
+    const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAG2guFXgBJvQIBRN5smvuZ8s3PA5FWKx0vZdzlUoXKMU=\n-----END PUBLIC KEY-----\n";
+
+    /// `base` with the fields of `extra` set (a `null` removes the field).
+    fn merged(mut base: Value, extra: Value) -> Value {
+        let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) else {
+            panic!("objects expected");
+        };
+        for (k, v) in e {
+            if v.is_null() {
+                b.remove(&k);
+            } else {
+                b.insert(k, v);
+            }
+        }
+        base
+    }
+
+    fn config(extra: Value) -> JwtConfig {
+        let base = json!({
+            "issuer": ISSUER,
+            "audiences": [AUDIENCE],
+            "algorithms": ["HS256"],
+            "hmac_secret": SECRET,
+        });
+        serde_json::from_value(merged(base, extra)).expect("a valid jwt config")
+    }
+
+    fn filter(extra: Value) -> Jwt {
+        Jwt::build(&config(extra)).expect("the filter builds")
+    }
+
+    /// Claims valid now (a null in `extra` removes a claim).
+    fn claims(extra: Value) -> Value {
+        let now = unix_now();
+        merged(
+            json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 300}),
+            extra,
+        )
+    }
+
+    fn hs256(claims: &Value, secret: &str) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("signed")
+    }
+
+    fn b64(v: &Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    /// A compact JWS with any header, HMAC-SHA256-signed with `secret` by hand (for headers
+    /// the `jsonwebtoken` encoder cannot write).
+    fn hand_signed(header: &Value, claims: &Value, secret: &str) -> String {
+        let input = format!("{}.{}", b64(header), b64(claims));
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+        mac.update(input.as_bytes());
+        let sig =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{input}.{sig}")
+    }
+
+    async fn check(jwt: &Jwt, token: &str) -> std::result::Result<Arc<Identity>, &'static str> {
+        jwt.verify_token(token).await
+    }
+
+    #[tokio::test]
+    async fn a_good_token_gives_the_callers_identity() {
+        let jwt = filter(json!({}));
+        let token = hs256(&claims(json!({"tenant": "acme", "scope": "read"})), SECRET);
+        let identity = check(&jwt, &token).await.expect("accepted");
+        assert_eq!(identity.subject.as_deref(), Some("alice"));
+        assert_eq!(identity.tenant.as_deref(), Some("acme"));
+        assert_eq!(identity.scopes, ["read"]);
+        assert!(identity.expires_at > unix_now());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_signature_is_refused() {
+        let jwt = filter(json!({}));
+        let other = hs256(&claims(json!({})), "another-secret-0123456789abcdef");
+        assert_eq!(check(&jwt, &other).await.unwrap_err(), "bad_signature");
+        // A good token whose payload was changed after signing.
+        let good = hs256(&claims(json!({})), SECRET);
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let forged = b64(&claims(json!({"sub": "admin"})));
+        parts[1] = &forged;
+        assert_eq!(
+            check(&jwt, &parts.join(".")).await.unwrap_err(),
+            "bad_signature"
+        );
+    }
+
+    #[tokio::test]
+    async fn expiry_counts_the_leeway() {
+        let jwt = filter(json!({"leeway": "30s"}));
+        let now = unix_now();
+        let expired = hs256(&claims(json!({"exp": now - 120})), SECRET);
+        assert_eq!(check(&jwt, &expired).await.unwrap_err(), "expired");
+        let within_leeway = hs256(&claims(json!({"exp": now - 5})), SECRET);
+        assert!(check(&jwt, &within_leeway).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_token_not_yet_valid_is_refused() {
+        let jwt = filter(json!({"leeway": "30s"}));
+        let now = unix_now();
+        let later = hs256(&claims(json!({"nbf": now + 600})), SECRET);
+        assert_eq!(check(&jwt, &later).await.unwrap_err(), "not_yet_valid");
+        let within_leeway = hs256(&claims(json!({"nbf": now + 5})), SECRET);
+        assert!(check(&jwt, &within_leeway).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn issuer_and_audience_must_match() {
+        let jwt = filter(json!({"audiences": [AUDIENCE, "second"]}));
+        let issuer = hs256(&claims(json!({"iss": "https://evil.example"})), SECRET);
+        assert_eq!(check(&jwt, &issuer).await.unwrap_err(), "wrong_issuer");
+        let audience = hs256(&claims(json!({"aud": "someone-else"})), SECRET);
+        assert_eq!(check(&jwt, &audience).await.unwrap_err(), "wrong_audience");
+        // One accepted audience in a list is enough.
+        let list = hs256(&claims(json!({"aud": ["someone-else", "second"]})), SECRET);
+        assert!(check(&jwt, &list).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_trailing_slash_on_the_configured_issuer_is_ignored() {
+        let jwt = filter(json!({"issuer": format!("{ISSUER}/")}));
+        assert!(check(&jwt, &hs256(&claims(json!({})), SECRET))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn exp_iss_and_aud_are_required() {
+        let jwt = filter(json!({}));
+        for claim in ["exp", "iss", "aud"] {
+            let token = hs256(&claims(json!({ claim: null })), SECRET);
+            assert_eq!(
+                check(&jwt, &token).await.unwrap_err(),
+                "missing_claim",
+                "without {claim}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn alg_none_is_refused() {
+        let jwt = filter(json!({}));
+        let body = b64(&claims(json!({})));
+        for header in [json!({"alg": "none", "typ": "JWT"}), json!({"alg": "None"})] {
+            let unsigned = format!("{}.{body}.", b64(&header));
+            assert_eq!(check(&jwt, &unsigned).await.unwrap_err(), "malformed");
+        }
+    }
+
+    #[tokio::test]
+    async fn algorithms_come_from_the_config_and_the_key() {
+        // HS512 is not allowed: refused before any key is tried.
+        let jwt = filter(json!({}));
+        let hs512 = encode(
+            &Header::new(Algorithm::HS512),
+            &claims(json!({})),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(check(&jwt, &hs512).await.unwrap_err(), "bad_algorithm");
+        // RS256 is allowed but the only key is the HMAC secret: never used for RS256 (the
+        // algorithm confusion attack), whatever the signature.
+        let jwt = filter(json!({"algorithms": ["HS256", "RS256"]}));
+        let rs256 = hand_signed(&json!({"alg": "RS256"}), &claims(json!({})), SECRET);
+        assert_eq!(check(&jwt, &rs256).await.unwrap_err(), "unknown_key");
+    }
+
+    #[tokio::test]
+    async fn critical_header_extensions_are_refused() {
+        let jwt = filter(json!({}));
+        let plain = hand_signed(&json!({"alg": "HS256"}), &claims(json!({})), SECRET);
+        assert!(
+            check(&jwt, &plain).await.is_ok(),
+            "the hand-signed token is valid"
+        );
+        for crit in [json!(["exp"]), json!([]), json!("not-a-list")] {
+            let header = json!({"alg": "HS256", "crit": crit, "exp": 1});
+            let token = hand_signed(&header, &claims(json!({})), SECRET);
+            assert_eq!(check(&jwt, &token).await.unwrap_err(), "unsupported_crit");
+        }
+        assert!(has_critical_extensions(&format!(
+            "{}.e30.",
+            b64(&json!({"crit": ["b64"]}))
+        )));
+        assert!(!has_critical_extensions("%%%.e30."));
+    }
+
+    #[tokio::test]
+    async fn garbage_is_malformed() {
+        let jwt = filter(json!({}));
+        for token in ["not-a-token", "a.b.c", "", "...."] {
+            assert_eq!(
+                check(&jwt, token).await.unwrap_err(),
+                "malformed",
+                "{token:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ed25519_public_key_file_verifies_eddsa() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, ED_PUBLIC).unwrap();
+        let jwt = filter(json!({
+            "algorithms": ["EdDSA"],
+            "hmac_secret": null,
+            "public_key_file": path.to_str().unwrap(),
+        }));
+        let key = EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap();
+        let token = encode(&Header::new(Algorithm::EdDSA), &claims(json!({})), &key).unwrap();
+        assert_eq!(
+            check(&jwt, &token).await.unwrap().subject.as_deref(),
+            Some("alice")
+        );
+        let mut tampered = token.clone();
+        tampered.push_str("AA");
+        assert_eq!(check(&jwt, &tampered).await.unwrap_err(), "bad_signature");
+        let hmac = hs256(&claims(json!({})), SECRET);
+        assert_eq!(check(&jwt, &hmac).await.unwrap_err(), "bad_algorithm");
+        // The key's type decides what it may verify.
+        let wrong = Jwt::build(&config(json!({
+            "algorithms": ["RS256"],
+            "hmac_secret": null,
+            "public_key_file": path.to_str().unwrap(),
+        })));
+        assert!(wrong
+            .err()
+            .unwrap()
+            .contains("none of the allowed algorithms fits this key's type"));
+    }
+
+    #[tokio::test]
+    async fn verified_tokens_are_cached() {
+        let jwt = filter(json!({}));
+        let token = hs256(&claims(json!({})), SECRET);
+        assert!(matches!(jwt.verify(&token).await, Verdict::Ok(_, false)));
+        assert!(matches!(jwt.verify(&token).await, Verdict::Ok(_, true)));
+        // A refused token is not remembered.
+        let bad = hs256(&claims(json!({})), "another-secret-0123456789abcdef");
+        assert!(matches!(jwt.verify(&bad).await, Verdict::Invalid(_)));
+        assert!(matches!(jwt.verify(&bad).await, Verdict::Invalid(_)));
+        let uncached = filter(json!({"cache_size": 0}));
+        assert!(matches!(
+            uncached.verify(&token).await,
+            Verdict::Ok(_, false)
+        ));
+        assert!(matches!(
+            uncached.verify(&token).await,
+            Verdict::Ok(_, false)
+        ));
+    }
+
+    #[test]
+    fn algorithm_rules_are_checked_at_build() {
+        let err = |extra| Jwt::build(&config(extra)).err().expect("refused");
+        assert!(err(json!({"algorithms": ["RS257"]})).contains("unknown algorithm `RS257`"));
+        assert!(err(json!({"algorithms": []})).contains("at least one algorithm"));
+        assert!(err(json!({"hmac_secret": null})).contains("need `hmac_secret`"));
+        assert!(err(json!({"algorithms": ["RS256"], "jwks_url": null}))
+            .contains("hmac_secret: add HS256"));
+        assert!(err(json!({"audiences": []})).starts_with("audiences:"));
+        assert!(err(json!({"issuer": ""})).starts_with("issuer:"));
+    }
+
+    #[test]
+    fn refusals_name_their_cause() {
+        assert_eq!(refusal(&ErrorKind::ExpiredSignature).label, "expired");
+        assert_eq!(refusal(&ErrorKind::InvalidToken).label, "malformed");
+        assert_eq!(
+            refusal(&ErrorKind::MissingRequiredClaim("exp".into())).label,
+            "missing_claim"
+        );
+    }
+}
