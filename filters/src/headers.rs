@@ -1,5 +1,7 @@
 //! `headers` filter: add, set and remove request headers (on the way upstream) and response
-//! headers (on the way to the client). Values are templates over request data.
+//! headers (on the way to the client). Values are templates over request data. Also the list of
+//! headers that carry credentials (`CREDENTIAL_HEADERS`), kept out of policy inputs (`opa`) and
+//! of shadow capture's store (`uac`).
 #![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 use std::collections::BTreeMap;
@@ -14,6 +16,17 @@ use serde::{Deserialize, Serialize};
 use crate::context::RequestCtx;
 use crate::filter::{phase, Filter};
 use crate::template::Template;
+
+/// Headers whose values are credentials: never shown to policies (`opa`), never stored (shadow
+/// capture). Lower case.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-auth-token",
+];
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -24,11 +24,12 @@ use tracing::warn;
 use crate::build::BuildContext;
 use crate::context::{PolicyLog, RequestCtx};
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
+use crate::headers::CREDENTIAL_HEADERS;
 use crate::metrics::FILTER_METRICS;
-use crate::uac::pii::CREDENTIAL_HEADERS as REDACTED_HEADERS;
 use crate::units::HumanDuration;
 
-/// The environment variable naming an external OPA server (seed 004).
+/// The environment variable naming an external OPA server, for `opa` filters that set neither
+/// `policy` nor `endpoint` (`--opa-endpoint` sets it).
 pub const OPA_ENDPOINT_ENV: &str = "PROXY_OPA_ENDPOINT";
 /// The `BuildContext::settings` key of `--opa-endpoint`.
 pub const OPA_ENDPOINT_SETTING: &str = "opa.endpoint";
@@ -356,7 +357,7 @@ pub fn run_rego_tests(path: &Path) -> std::result::Result<Vec<RegoTest>, String>
 pub fn input_document(req: &RequestHeader, ctx: &RequestCtx) -> Rego {
     let mut headers: BTreeMap<Rego, Rego> = BTreeMap::new();
     for (name, value) in req.headers.iter() {
-        let v = if REDACTED_HEADERS.contains(&name.as_str()) {
+        let v = if CREDENTIAL_HEADERS.contains(&name.as_str()) {
             "[redacted]"
         } else {
             &String::from_utf8_lossy(value.as_bytes())

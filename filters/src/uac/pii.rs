@@ -1,6 +1,6 @@
-//! PII masking, applied to every captured exchange before it is stored, logged or exported
-//! (seed 004's security checklist). In text it replaces e-mail addresses, phone numbers, card
-//! numbers (only those passing the Luhn check), IBANs (only those passing the ISO 13616 mod-97
+//! PII masking, applied to every captured exchange before it is stored, logged or exported,
+//! so no personal data or credential leaves memory unmasked. In text it replaces e-mail
+//! addresses, phone numbers, card numbers (only those passing the Luhn check), IBANs (only those passing the ISO 13616 mod-97
 //! check), JWTs, bearer tokens and well-known API-key shapes with a placeholder naming what
 //! was there (`<email>`, `<card>`…), so contract inference still sees a value's kind. In JSON it
 //! also blanks every value under a secret-looking key (`password`, `token`, `api_key`,
@@ -13,6 +13,8 @@ use once_cell::sync::Lazy;
 use regex::{Captures, Regex};
 use serde_json::Value;
 
+use crate::headers::CREDENTIAL_HEADERS;
+
 /// What a masked value becomes.
 pub const EMAIL: &str = "<email>";
 pub const PHONE: &str = "<phone>";
@@ -21,16 +23,6 @@ pub const IBAN: &str = "<iban>";
 pub const JWT: &str = "<jwt>";
 pub const TOKEN: &str = "<token>";
 pub const SECRET: &str = "<secret>";
-
-/// Headers whose values are credentials: never shown to policies (`opa`), never stored.
-pub const CREDENTIAL_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-    "x-auth-token",
-];
 
 /// More headers shadow capture blanks: other key and anti-forgery token headers.
 const MORE_SECRET_HEADERS: &[&str] = &["api-key", "x-access-token", "x-csrf-token", "x-xsrf-token"];
