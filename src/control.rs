@@ -66,12 +66,10 @@ impl ControlPlane {
                 warn!("admin.address changed; the admin listener keeps its address until restart");
             }
             let version = current.version + 1;
-            GatewayState::build(cfg, version, Some(&current))
-                .and_then(|state| state.install_shadow().map(|_| state))
-                .map_err(|mut e| {
-                    e.file.get_or_insert(path.clone());
-                    e
-                })
+            GatewayState::build(cfg, version, Some(&current)).map_err(|mut e| {
+                e.file.get_or_insert(path.clone());
+                e
+            })
         });
         match result {
             Ok(state) => {

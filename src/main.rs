@@ -108,12 +108,6 @@ fn main() {
         let _ = std::io::stdout().write_all(report.as_bytes());
         std::process::exit(0);
     }
-    if let Err(mut e) = state.install_shadow() {
-        if e.file.is_none() {
-            e.file = cli.config.clone();
-        }
-        fail(&e.to_string())
-    }
     if let Some(pg) = &cli.primary_gateway {
         info!(primary_gateway = %pg, "sidecar: running behind the primary gateway");
     }

@@ -93,6 +93,14 @@ impl GatewayState {
             &config.filter_settings,
             previous.map(|p| &p.resources),
         );
+        // The `shadow:` section: this version's capture settings with the (shared) store,
+        // found by the filters that need it. A store that cannot open fails the build.
+        if let Some(s) = &config.shadow {
+            stoa_filters::uac::prepare(&s.value, &mut bctx).map_err(|e| {
+                let (key, message) = e.split_once(": ").unwrap_or(("", &e));
+                ConfigError::new(format!("shadow.{key}"), line_of(s), message)
+            })?;
+        }
         // Build each named chain once per listener that uses it (filters may hold state).
         let mut chains = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -126,18 +134,6 @@ impl GatewayState {
             resources: built.resources,
             on_activate: built.on_activate,
         })
-    }
-
-    /// Open the shadow store (first time) or apply the `shadow:` settings (reloads); before
-    /// the state serves, so a store that cannot open fails the start or the reload.
-    pub fn install_shadow(&self) -> Result<(), ConfigError> {
-        match &self.config.shadow {
-            Some(s) => stoa_filters::uac::install(&s.value).map_err(|e| {
-                let (key, message) = e.split_once(": ").unwrap_or(("", &e));
-                ConfigError::new(format!("shadow.{key}"), line_of(s), message)
-            }),
-            None => Ok(()),
-        }
     }
 
     /// Tell every filter its config version serves now (starts key prefetches, ...).

@@ -27,21 +27,3 @@ impl BuildFilter for crate::mcp::Mcp {
             .collect()
     }
 }
-
-impl BuildFilter for crate::uac::ShadowCapture {
-    const TYPE: &'static str = "shadow_capture";
-    type Config = crate::uac::ShadowCaptureConfig;
-
-    fn build(_cfg: &Self::Config, _bctx: &mut BuildContext) -> Result<Self, String> {
-        Ok(crate::uac::ShadowCapture)
-    }
-}
-
-impl BuildFilter for crate::uac::validate::UacValidation {
-    const TYPE: &'static str = "uac_validation";
-    type Config = crate::uac::validate::UacValidationConfig;
-
-    fn build(cfg: &Self::Config, _bctx: &mut BuildContext) -> Result<Self, String> {
-        crate::uac::validate::UacValidation::build(cfg)
-    }
-}

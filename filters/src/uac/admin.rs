@@ -5,67 +5,38 @@
 //! or, when no reviewers are configured, the self-declared `X-Stoa-Actor` header; the reason is
 //! the `reason` query parameter (or `X-Stoa-Reason`, or a POST body's `reason`).
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{contract, observatory, Observatory};
-
-/// An answer: status, content type, body.
-pub struct Reply {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
-}
+use super::contract;
+use super::observatory::ShadowVersion;
+use crate::admin::{AdminEndpoint, AdminReply as Reply, AdminRequest};
 
 fn json_reply(status: u16, v: &Value) -> Reply {
-    Reply {
-        status,
-        content_type: "application/json",
-        headers: Vec::new(),
-        body: serde_json::to_vec_pretty(v).unwrap_or_default(),
-    }
+    Reply::pretty(status, v)
 }
 
 fn error(status: u16, message: &str) -> Reply {
     json_reply(status, &json!({"error": message, "status": status}))
 }
 
-/// One admin request, as the admin listener read it.
-pub struct AdminRequest<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    pub query: &'a str,
-    /// Header names lower case.
-    pub headers: &'a [(String, String)],
-    pub body: &'a [u8],
-}
-
-impl AdminRequest<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        crate::exchange::header(self.headers, name)
-    }
-
-    fn param(&self, name: &str) -> Option<String> {
-        form_urlencoded::parse(self.query.as_bytes())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn reason(&self) -> Option<String> {
-        self.param("reason")
-            .or_else(|| self.header("x-stoa-reason").map(String::from))
-            .or_else(|| {
-                serde_json::from_slice::<Value>(self.body)
-                    .ok()
-                    .and_then(|v| v["reason"].as_str().map(String::from))
-            })
-            .filter(|r| !r.trim().is_empty())
-    }
+/// The reason a caller gives: the `reason` query parameter, `X-Stoa-Reason`, or a POST body's
+/// `reason`.
+fn reason(req: &AdminRequest) -> Option<String> {
+    req.param("reason")
+        .or_else(|| req.header("x-stoa-reason").map(String::from))
+        .or_else(|| {
+            serde_json::from_slice::<Value>(req.body)
+                .ok()
+                .and_then(|v| v["reason"].as_str().map(String::from))
+        })
+        .filter(|r| !r.trim().is_empty())
 }
 
 /// Who is calling: a reviewer's name, or a 401.
-fn caller(obs: &Observatory, req: &AdminRequest) -> Result<String, Reply> {
+fn caller(obs: &ShadowVersion, req: &AdminRequest) -> Result<String, Reply> {
     let unauthorized = |msg: &str| {
         let mut r = error(401, msg);
         r.headers.push((
@@ -97,32 +68,44 @@ fn caller(obs: &Observatory, req: &AdminRequest) -> Result<String, Reply> {
         })
 }
 
-/// Handle `/uac/…` (`None`: not a UAC path).
-pub async fn handle(req: &AdminRequest<'_>) -> Option<Reply> {
-    let rest = req.path.strip_prefix("/uac")?;
-    let Some(obs) = observatory() else {
-        return Some(error(
-            404,
-            "shadow capture is not configured (a `shadow:` section, or --mode=shadow)",
-        ));
-    };
-    let who = match caller(&obs, req) {
+/// `/uac/…` of one config version (registered by `prepare`).
+pub struct UacEndpoint(pub(super) Arc<ShadowVersion>);
+
+#[async_trait]
+impl AdminEndpoint for UacEndpoint {
+    fn path(&self) -> &'static str {
+        "/uac"
+    }
+
+    /// With `shadow.reviewers`, callers present a reviewer's token (checked in `caller`).
+    fn authenticates_callers(&self) -> bool {
+        self.0.has_reviewers()
+    }
+
+    async fn handle(&self, req: &AdminRequest<'_>) -> Reply {
+        handle(&self.0, req).await
+    }
+}
+
+async fn handle(obs: &ShadowVersion, req: &AdminRequest<'_>) -> Reply {
+    let rest = req.path.strip_prefix("/uac").unwrap_or_default();
+    let who = match caller(obs, req) {
         Ok(w) => w,
-        Err(r) => return Some(r),
+        Err(r) => return r,
     };
-    let Some(reason) = req.reason() else {
-        return Some(error(
+    let Some(reason) = reason(req) else {
+        return error(
             400,
             "a reason is required (the `reason` query parameter): every read is audited",
-        ));
+        );
     };
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let audit = |action: &str, target: &str| obs.store.audit(&who, action, target, &reason);
     let result = match (req.method, segments.as_slice()) {
-        ("GET", ["contracts"]) => audit("list_contracts", "*").and_then(|_| list(&obs)),
-        ("GET", ["contracts", id]) => audit("read_contract", id).and_then(|_| read(&obs, id)),
+        ("GET", ["contracts"]) => audit("list_contracts", "*").and_then(|_| list(obs)),
+        ("GET", ["contracts", id]) => audit("read_contract", id).and_then(|_| read(obs, id)),
         ("POST", ["contracts", id, verb @ ("approve" | "reject")]) => match audit(verb, id) {
-            Ok(()) => review(&obs, id, *verb == "approve", &who, &reason).await,
+            Ok(()) => review(obs, id, *verb == "approve", &who, &reason).await,
             Err(e) => Err(e),
         },
         ("GET", ["openapi"]) => match req.param("api") {
@@ -144,7 +127,7 @@ pub async fn handle(req: &AdminRequest<'_>) -> Option<Reply> {
                     .and_then(|l| l.parse().ok())
                     .unwrap_or(50usize)
                     .min(1000);
-                observations(&obs, &api, limit)
+                observations(obs, &api, limit)
             }),
         },
         ("GET", ["audit"]) => audit("read_audit", "*").and_then(|_| {
@@ -155,10 +138,10 @@ pub async fn handle(req: &AdminRequest<'_>) -> Option<Reply> {
             "UAC endpoints: GET /uac/contracts, GET /uac/contracts/{id}, POST /uac/contracts/{id}/approve|reject, GET /uac/openapi?api=, GET /uac/observations?api=, GET /uac/audit",
         )),
     };
-    Some(result.unwrap_or_else(|e| error(500, &e)))
+    result.unwrap_or_else(|e| error(500, &e))
 }
 
-fn list(obs: &Observatory) -> Result<Reply, String> {
+fn list(obs: &ShadowVersion) -> Result<Reply, String> {
     let apis = if obs.uac_generation().enabled {
         obs.refresh_drafts()?
     } else {
@@ -202,7 +185,7 @@ fn contract_document(row: &super::store::ContractRow) -> Value {
     })
 }
 
-fn read(obs: &Observatory, id: &str) -> Result<Reply, String> {
+fn read(obs: &ShadowVersion, id: &str) -> Result<Reply, String> {
     if obs.uac_generation().enabled {
         obs.refresh_drafts()?;
     }
@@ -213,7 +196,7 @@ fn read(obs: &Observatory, id: &str) -> Result<Reply, String> {
 }
 
 async fn review(
-    obs: &Observatory,
+    obs: &ShadowVersion,
     id: &str,
     approve: bool,
     who: &str,
@@ -233,7 +216,7 @@ async fn review(
 }
 
 /// POST an approved contract to the control plane, when configured.
-async fn export(obs: &Observatory, row: &super::store::ContractRow) -> Value {
+async fn export(obs: &ShadowVersion, row: &super::store::ContractRow) -> Value {
     let gen = obs.uac_generation();
     let (true, Some(url), Some(doc)) = (
         gen.export_to_control_plane,
@@ -262,7 +245,7 @@ async fn export(obs: &Observatory, row: &super::store::ContractRow) -> Value {
 }
 
 fn openapi(
-    obs: &Observatory,
+    obs: &ShadowVersion,
     api: &str,
     format: Option<&str>,
     source: Option<&str>,
@@ -302,7 +285,7 @@ fn openapi(
     })
 }
 
-fn observations(obs: &Observatory, api: &str, limit: usize) -> Result<Reply, String> {
+fn observations(obs: &ShadowVersion, api: &str, limit: usize) -> Result<Reply, String> {
     let samples = obs.store.samples(api)?;
     let skip = samples.len().saturating_sub(limit);
     Ok(json_reply(

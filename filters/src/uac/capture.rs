@@ -12,8 +12,9 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use serde::{Deserialize, Serialize};
 
-use super::observatory::{observatory, Raw};
+use super::observatory::{Raw, ShadowVersion, NEEDS_SHADOW_SECTION};
 use super::store::now_ms;
+use crate::build::{BuildContext, BuildFilter};
 use crate::context::RequestCtx;
 use crate::exchange::{Exchange, EXCHANGE_PHASES};
 use crate::filter::{Filter, FilterAction};
@@ -45,7 +46,24 @@ fn keep_chunk(ctx: &RequestCtx, response: bool, chunk: Option<&Bytes>) {
 #[serde(deny_unknown_fields)]
 pub struct ShadowCaptureConfig {}
 
-pub struct ShadowCapture;
+pub struct ShadowCapture {
+    shadow: Arc<ShadowVersion>,
+}
+
+impl BuildFilter for ShadowCapture {
+    const TYPE: &'static str = "shadow_capture";
+    type Config = ShadowCaptureConfig;
+
+    fn build(
+        _cfg: &ShadowCaptureConfig,
+        bctx: &mut BuildContext,
+    ) -> std::result::Result<Self, String> {
+        let shadow = bctx
+            .get_local::<ShadowVersion>()
+            .ok_or(NEEDS_SHADOW_SECTION)?;
+        Ok(ShadowCapture { shadow })
+    }
+}
 
 impl ShadowCapture {
     fn counted(api: &str, result: &str) {
@@ -71,10 +89,7 @@ impl Filter for ShadowCapture {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<FilterAction> {
-        let Some(obs) = observatory() else {
-            return Ok(FilterAction::Continue);
-        };
-        let settings = obs.settings();
+        let settings = &self.shadow.settings;
         let req = session.req_header();
         let host = req
             .headers
@@ -148,7 +163,7 @@ impl Filter for ShadowCapture {
 
     /// The client has its answer: queue the exchange, never waiting (a full queue drops it).
     fn on_logging(&self, _session: &Session, ctx: &RequestCtx, status: u16) {
-        let (Some(c), Some(obs)) = (ctx.extensions.get::<Captured>(), observatory()) else {
+        let Some(c) = ctx.extensions.get::<Captured>() else {
             return;
         };
         let mut exchange = std::mem::take(
@@ -173,8 +188,9 @@ impl Filter for ShadowCapture {
             tenant: c.tenant.clone(),
             at: now_ms(),
             exchange,
+            settings: self.shadow.settings.clone(),
         };
-        match obs.queue.try_send(raw) {
+        match self.shadow.obs.queue.try_send(raw) {
             Ok(()) => ShadowCapture::counted(&c.api, result),
             Err(TrySendError::Full(_)) => ShadowCapture::counted(&c.api, "dropped_queue_full"),
             Err(TrySendError::Disconnected(_)) => ShadowCapture::counted(&c.api, "dropped"),

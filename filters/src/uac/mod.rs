@@ -3,8 +3,9 @@
 //! thread (`observatory`) that masks PII (`pii`) and stores them (`store`), retention purges
 //! them, and contracts are inferred from them (`infer`, `contract`), reviewed and exported
 //! through the admin API (`admin`) and enforced by the `uac_validation` filter (`validate`).
-//! Configured by the top-level `shadow:` section (`config`); one `Observatory` per process,
-//! kept across reloads.
+//! Configured by the top-level `shadow:` section (`config`), which `prepare` builds into each
+//! config version (`ShadowVersion`); the `Observatory` (store, queue, worker) is a shared
+//! resource kept across reloads.
 
 pub mod admin;
 mod capture;
@@ -21,4 +22,4 @@ pub use config::{
     CaptureConfig, OptIn, PiiConfig, Reviewer, ShadowConfig, StoreConfig, UacGeneration,
     MAX_RETENTION,
 };
-pub use observatory::{install, observatory, Observatory};
+pub use observatory::{prepare, Observatory, ShadowVersion};

@@ -190,19 +190,32 @@ fn check_param(p: &Param, value: Option<&str>, place: &str, out: &mut Vec<Violat
 pub struct UacValidation {
     contract: String,
     mode: ValidationMode,
+    shadow: Arc<super::ShadowVersion>,
 }
 
-impl UacValidation {
-    pub fn build(cfg: &UacValidationConfig) -> std::result::Result<Self, String> {
+impl crate::build::BuildFilter for UacValidation {
+    const TYPE: &'static str = "uac_validation";
+    type Config = UacValidationConfig;
+
+    fn build(
+        cfg: &UacValidationConfig,
+        bctx: &mut crate::build::BuildContext,
+    ) -> std::result::Result<Self, String> {
         if cfg.contract.is_empty() {
             return Err("contract: the contract id (an API name of shadow.opt_in)".into());
         }
+        let shadow = bctx
+            .get_local::<super::ShadowVersion>()
+            .ok_or(super::observatory::NEEDS_SHADOW_SECTION)?;
         Ok(UacValidation {
             contract: cfg.contract.clone(),
             mode: cfg.mode,
+            shadow,
         })
     }
+}
 
+impl UacValidation {
     fn count(&self, kind: &str) {
         FILTER_METRICS
             .uac_violations
@@ -226,8 +239,7 @@ impl Filter for UacValidation {
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<FilterAction> {
-        let contract: Option<Arc<CompiledContract>> =
-            super::observatory().and_then(|o| o.approved(&self.contract));
+        let contract: Option<Arc<CompiledContract>> = self.shadow.approved(&self.contract);
         let Some(contract) = contract else {
             self.count("no_contract");
             return Ok(FilterAction::Continue);
