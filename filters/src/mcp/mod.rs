@@ -9,7 +9,7 @@
 
 pub mod federation;
 pub mod jsonrpc;
-pub mod modern;
+pub mod stateless;
 pub mod session;
 pub mod streams;
 pub mod tool_resources;
@@ -42,7 +42,7 @@ use federation::{ClientRef, Federation, UpstreamConfig};
 use jsonrpc::{
     Incoming, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
 };
-use modern::MODERN_VERSION;
+use stateless::MODERN_VERSION;
 use session::{SessionError, SessionSealer};
 use tools::{ToolConfig, ToolRegistry};
 use upstream::MessageSink;
@@ -625,7 +625,7 @@ impl McpCore {
             .filter(|v| !PROTOCOL_VERSIONS.contains(&v.as_str()))
         {
             // Not a handshake revision: the stateless one (or a version nobody speaks).
-            let routing = modern::RoutingHeaders {
+            let routing = stateless::RoutingHeaders {
                 version: v.clone(),
                 method: header("mcp-method"),
                 name: header("mcp-name"),
@@ -790,19 +790,19 @@ impl McpCore {
         Answer::Stream(rx)
     }
 
-    /// A POST of the stateless 2026-07-28 revision (see `modern`).
+    /// A POST of the stateless 2026-07-28 revision (see `stateless`).
     async fn post_stateless(
         self: &Arc<Self>,
         session: &mut Session,
         ctx: &RequestCtx,
-        routing: modern::RoutingHeaders,
+        routing: stateless::RoutingHeaders,
         accepts_stream: bool,
     ) -> Result<Answer> {
         let message = match self.read_message(session).await? {
             Ok(m) => m,
             Err(refusal) => return Ok(Answer::Reply(refusal)),
         };
-        let request = match modern::check(message, &routing) {
+        let request = match stateless::check(message, &routing) {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(Answer::Reply(Reply::accepted())),
             Err((status, body)) => {
@@ -813,7 +813,7 @@ impl McpCore {
         let method = request.method.clone();
         if method == "server/discover" {
             self.count("server/discover", "", "ok");
-            let result = modern::discover(&self.server_name, self.capabilities(true));
+            let result = stateless::discover(&self.server_name, self.capabilities(true));
             return Ok(Answer::Reply(Reply::json(
                 200,
                 jsonrpc::result(request.id, result),
@@ -830,7 +830,7 @@ impl McpCore {
         caller.stateless = true;
         caller.log_level = request.log_level;
         if accepts_stream && self.relays(&request.message) {
-            let finish = move |reply| modern::finish(&method, reply);
+            let finish = move |reply| stateless::finish(&method, reply);
             return Ok(self.answer_as_stream(request.message, caller, finish));
         }
         // Without a stream, what the upstream says meanwhile has nowhere to go.
@@ -839,10 +839,10 @@ impl McpCore {
             .handle_message(&request.message, &caller, &nowhere)
             .await
             .unwrap_or_else(|| jsonrpc::error(request.id, INTERNAL_ERROR, "no reply"));
-        let reply = modern::finish(&method, reply);
+        let reply = stateless::finish(&method, reply);
         let status = reply["error"]["code"]
             .as_i64()
-            .map(modern::status_of)
+            .map(stateless::status_of)
             .unwrap_or(200);
         Ok(Answer::Reply(Reply::json(status, reply)))
     }
@@ -1221,7 +1221,7 @@ impl McpCore {
         related: &MessageSink,
     ) -> Value {
         let (message, related, client_id) = if caller.stateless {
-            modern::isolate(message, related, caller.log_level.as_deref())
+            stateless::isolate(message, related, caller.log_level.as_deref())
         } else {
             let id = message.get("id").cloned().unwrap_or(Value::Null);
             (message, related.clone(), id)
