@@ -12,6 +12,8 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::state::{session_key, TERMINATED};
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// What a session id carries.
@@ -40,18 +42,6 @@ pub struct SessionSealer {
     key: Vec<u8>,
     ttl: Duration,
 }
-
-/// Sessions ended by `DELETE`, for the whole process (so a config reload, which builds a new
-/// sealer, does not bring them back), kept as long as a session may live (30 days at most).
-/// Keyed by the id's SHA-256, so a million terminated sessions cost ~100 MB at most whatever
-/// their ids' length.
-static TERMINATED: once_cell::sync::Lazy<moka::sync::Cache<[u8; 32], ()>> =
-    once_cell::sync::Lazy::new(|| {
-        moka::sync::Cache::builder()
-            .max_capacity(1_000_000)
-            .time_to_live(Duration::from_secs(30 * 24 * 3600))
-            .build()
-    });
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -126,7 +116,7 @@ impl SessionSealer {
         if issued_at + self.ttl.as_secs() < unix_now() {
             return Err(SessionError::Expired);
         }
-        if TERMINATED.contains_key(&super::session_key(id)) {
+        if TERMINATED.contains_key(&session_key(id)) {
             return Err(SessionError::Terminated);
         }
         Ok(SessionState {
@@ -138,7 +128,7 @@ impl SessionSealer {
 
     /// End a session (`DELETE`): later requests with this id get 404 from this process.
     pub fn terminate(&self, id: &str) {
-        TERMINATED.insert(super::session_key(id), ());
+        TERMINATED.insert(session_key(id), ());
     }
 }
 
