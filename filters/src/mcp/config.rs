@@ -152,3 +152,59 @@ pub(super) fn stream_paths(cfg: &McpConfig) -> Vec<String> {
     }
     paths
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(v: serde_json::Value) -> McpConfig {
+        serde_json::from_value(v).expect("a valid config")
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(serde_json::json!({}));
+        assert_eq!(c.path, "/mcp");
+        assert_eq!(c.server_name, "stoa-gateway");
+        assert_eq!(c.session_ttl.0, Duration::from_secs(24 * 3600));
+        assert_eq!(c.max_body.0, 1 << 20);
+        assert_eq!((c.max_batch, c.page_size), (32, 100));
+        assert!(c.legacy_sse && c.websocket && c.get_stream);
+        assert_eq!(
+            (c.sse_path.as_str(), c.messages_path.as_str()),
+            ("/sse", "/messages")
+        );
+        assert_eq!(c.ws_path, "/ws");
+        assert_eq!(c.sse_keepalive.0, Duration::from_secs(15));
+        assert!(c.allowed_origins.is_empty() && c.tools.is_empty() && c.upstreams.is_empty());
+        assert!(c.session_secret.is_none() && c.result_cache.is_none());
+        let cache: ResultCacheConfig =
+            serde_json::from_value(serde_json::json!({"ttl": "1m"})).unwrap();
+        assert_eq!(cache.ttl.0, Duration::from_secs(60));
+        assert_eq!((cache.max_entries, cache.max_bytes.0), (10_000, 64 << 20));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = serde_json::from_value::<McpConfig>(serde_json::json!({"pathh": "/x"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pathh"), "{e}");
+        assert!(serde_json::from_value::<ResultCacheConfig>(
+            serde_json::json!({"ttl": "1m", "entries": 5})
+        )
+        .is_err());
+        // `ttl` has no default.
+        assert!(serde_json::from_value::<ResultCacheConfig>(serde_json::json!({})).is_err());
+    }
+
+    #[test]
+    fn stream_paths_follow_the_transports() {
+        let all = config(serde_json::json!({"path": "/a", "sse_path": "/b", "ws_path": "/c"}));
+        assert_eq!(stream_paths(&all), ["/a", "/b", "/c"]);
+        let no_legacy = config(serde_json::json!({"legacy_sse": false}));
+        assert_eq!(stream_paths(&no_legacy), ["/mcp", "/ws"]);
+        let no_ws = config(serde_json::json!({"websocket": false}));
+        assert_eq!(stream_paths(&no_ws), ["/mcp", "/sse"]);
+    }
+}

@@ -310,11 +310,204 @@ impl McpCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mcp::server::core_for_test;
+    use crate::mcp::stateless::MODERN_VERSION;
 
     #[test]
     fn version_negotiation() {
         assert_eq!(negotiate("2025-03-26"), "2025-03-26");
         assert_eq!(negotiate("2024-11-05"), "2024-11-05");
         assert_eq!(negotiate("1999-01-01"), "2025-11-25");
+        for v in PROTOCOL_VERSIONS {
+            assert_eq!(negotiate(v), *v);
+        }
+        // Not a handshake revision: `initialize` answers with the latest one.
+        assert_eq!(negotiate(MODERN_VERSION), "2025-11-25");
+        assert_eq!(negotiate(""), "2025-11-25");
+        assert_eq!(negotiate(" 2025-03-26"), "2025-11-25");
+    }
+
+    #[test]
+    fn protocol_versions_are_oldest_first() {
+        // `negotiate` takes the last as the latest, and results compare versions as strings.
+        assert!(PROTOCOL_VERSIONS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(PROTOCOL_VERSIONS.last(), Some(&"2025-11-25"));
+        assert!(!PROTOCOL_VERSIONS.contains(&MODERN_VERSION));
+    }
+
+    #[test]
+    fn method_labels() {
+        for m in COUNTED_METHODS {
+            assert_eq!(method_label(m), *m);
+        }
+        assert_eq!(method_label("tools/call"), "tools/call");
+        assert_eq!(method_label("server/discover"), "server/discover");
+        // Anything else is one label, so clients cannot grow the metric's label set.
+        assert_eq!(method_label("notifications/cancelled"), "other");
+        assert_eq!(method_label("Tools/Call"), "other");
+        assert_eq!(method_label("tools/call/"), "other");
+        assert_eq!(method_label(""), "other");
+        assert_eq!(method_label(&"x".repeat(1000)), "other");
+    }
+
+    fn initialize(params: Value) -> Value {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params})
+    }
+
+    #[test]
+    fn initialize_negotiates_and_seals_the_version() {
+        let core = core_for_test(json!({"server_name": "test-server"}));
+        let reply = core.handle_initialize(
+            &initialize(json!({"protocolVersion": "2025-03-26", "capabilities": {}})),
+            None,
+        );
+        assert_eq!(reply.status, 200);
+        let body = reply.body.expect("a body");
+        assert_eq!(body["id"], 1);
+        assert_eq!(body["result"]["protocolVersion"], "2025-03-26");
+        assert_eq!(body["result"]["serverInfo"]["name"], "test-server");
+        assert_eq!(
+            body["result"]["capabilities"],
+            json!({"tools": {"listChanged": true}})
+        );
+        let [(name, id)] = reply.headers.as_slice() else {
+            panic!("one header expected: {:?}", reply.headers);
+        };
+        assert_eq!(name, SESSION_HEADER);
+        let state = core.sealer.open(id).expect("a session this core opens");
+        assert_eq!(state.protocol_version, "2025-03-26");
+        // Without upstreams the client's capabilities are not kept.
+        assert_eq!(state.client_capabilities, Value::Null);
+
+        // A version not spoken here gets the latest, in the body and in the session.
+        let reply =
+            core.handle_initialize(&initialize(json!({"protocolVersion": "2099-01-01"})), None);
+        assert_eq!(
+            reply.body.as_ref().unwrap()["result"]["protocolVersion"],
+            "2025-11-25"
+        );
+        let state = core.sealer.open(&reply.headers[0].1).unwrap();
+        assert_eq!(state.protocol_version, "2025-11-25");
+
+        // The legacy transport's session exists already: no new session id.
+        let reply = core.handle_initialize(
+            &initialize(json!({"protocolVersion": "2024-11-05"})),
+            Some("legacy-session"),
+        );
+        assert_eq!(reply.status, 200);
+        assert!(reply.headers.is_empty());
+    }
+
+    #[test]
+    fn initialize_refusals() {
+        let core = core_for_test(json!({}));
+        let code = |reply: &Reply| reply.body.as_ref().unwrap()["error"]["code"].as_i64();
+        for params in [
+            json!({}),
+            json!({"protocolVersion": 20250326}),
+            json!({"protocolVersion": null}),
+        ] {
+            let reply = core.handle_initialize(&initialize(params), None);
+            assert_eq!((reply.status, code(&reply)), (200, Some(INVALID_PARAMS)));
+            assert_eq!(reply.body.as_ref().unwrap()["id"], 1);
+            assert!(reply.headers.is_empty());
+        }
+        let big = "x".repeat(MAX_CLIENT_CAPABILITIES);
+        let reply = core.handle_initialize(
+            &initialize(json!({"protocolVersion": "2025-06-18", "capabilities": {"x": big}})),
+            None,
+        );
+        assert_eq!((reply.status, code(&reply)), (200, Some(INVALID_PARAMS)));
+        assert!(reply.headers.is_empty());
+        // Just under the bound is fine.
+        let fits = "x".repeat(MAX_CLIENT_CAPABILITIES - 16);
+        let reply = core.handle_initialize(
+            &initialize(json!({"protocolVersion": "2025-06-18", "capabilities": {"x": fits}})),
+            None,
+        );
+        assert_eq!(reply.status, 200);
+        assert!(reply.body.as_ref().unwrap().get("result").is_some());
+        // Not a request: a notification, or not JSON-RPC at all.
+        let reply = core.handle_initialize(
+            &json!({"jsonrpc": "2.0", "method": "initialize", "params": {}}),
+            None,
+        );
+        assert_eq!((reply.status, code(&reply)), (400, Some(INVALID_REQUEST)));
+        let reply = core.handle_initialize(&json!({"method": "initialize", "id": 1}), None);
+        assert_eq!((reply.status, code(&reply)), (400, Some(INVALID_REQUEST)));
+    }
+
+    #[test]
+    fn capabilities_without_upstreams() {
+        let core = core_for_test(json!({}));
+        assert_eq!(
+            core.capabilities(false),
+            json!({"tools": {"listChanged": true}})
+        );
+        // The stateless revision has no stream to hear a change on.
+        assert_eq!(core.capabilities(true), json!({"tools": {}}));
+        let no_get = core_for_test(json!({"get_stream": false}));
+        assert_eq!(
+            no_get.capabilities(false),
+            json!({"tools": {"listChanged": false}})
+        );
+    }
+
+    #[test]
+    fn pagination() {
+        let core = core_for_test(json!({"page_size": 2}));
+        let items: Vec<Value> = (0..5).map(|i| json!({"n": i})).collect();
+        let mut seen = Vec::new();
+        let mut params = json!({});
+        loop {
+            let page = core.paginate(items.clone(), &params, "tools").unwrap();
+            let got = page["tools"].as_array().unwrap();
+            assert!(got.len() <= 2);
+            seen.extend(got.iter().cloned());
+            match page.get("nextCursor") {
+                Some(cursor) => params = json!({ "cursor": cursor }),
+                None => break,
+            }
+        }
+        assert_eq!(seen, items);
+        // A null cursor is the first page; an exact multiple ends without a cursor.
+        let first = core
+            .paginate(items.clone(), &json!({"cursor": null}), "x")
+            .unwrap();
+        assert_eq!(first["x"], json!([{"n": 0}, {"n": 1}]));
+        let even = core
+            .paginate(
+                items[..4].to_vec(),
+                &json!({"cursor": first["nextCursor"]}),
+                "x",
+            )
+            .unwrap();
+        assert_eq!(even["x"], json!([{"n": 2}, {"n": 3}]));
+        assert!(even.get("nextCursor").is_none());
+        let empty = core.paginate(Vec::new(), &json!({}), "x").unwrap();
+        assert_eq!(empty, json!({"x": []}));
+    }
+
+    #[test]
+    fn bad_cursors_are_invalid_params() {
+        let core = core_for_test(json!({"page_size": 2}));
+        let items: Vec<Value> = (0..3).map(|i| json!(i)).collect();
+        for cursor in [
+            json!("not base64!"),
+            json!(B64.encode("offset:4")),
+            json!(B64.encode("offset:-1")),
+            json!(B64.encode("page:1")),
+            json!(7),
+        ] {
+            let e = core
+                .paginate(items.clone(), &json!({ "cursor": cursor }), "tools")
+                .unwrap_err();
+            assert_eq!(e.0, INVALID_PARAMS, "{cursor}");
+        }
+        // The offset just past the end is the (empty) last page.
+        let end = core
+            .paginate(items, &json!({"cursor": B64.encode("offset:3")}), "tools")
+            .unwrap();
+        assert_eq!(end, json!({"tools": []}));
     }
 }

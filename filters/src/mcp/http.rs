@@ -557,6 +557,7 @@ impl McpCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mcp::server::core_for_test;
 
     #[test]
     fn local_origins() {
@@ -566,5 +567,73 @@ mod tests {
         assert!(!is_local_origin("http://evil.example"));
         assert!(!is_local_origin("http://localhost.evil.example"));
         assert!(!is_local_origin("null"));
+        assert!(is_local_origin("http://localhost"));
+        assert!(is_local_origin("https://localhost:8443"));
+        assert!(is_local_origin("http://[::1]"));
+        assert!(!is_local_origin("http://127.0.0.1.evil.example"));
+        assert!(!is_local_origin("http://127.0.0.2:3000"));
+        assert!(!is_local_origin("http://[::2]:3000"));
+        assert!(!is_local_origin("ws://localhost:3000"));
+        assert!(!is_local_origin("localhost:3000"));
+        assert!(!is_local_origin(""));
+    }
+
+    #[test]
+    fn allowed_origins() {
+        let core = core_for_test(json!({"allowed_origins": ["https://app.example"]}));
+        assert!(core.origin_allowed("https://app.example"));
+        assert!(core.origin_allowed("HTTPS://APP.EXAMPLE"));
+        assert!(core.origin_allowed("http://localhost:5173"));
+        assert!(!core.origin_allowed("https://app.example:444"));
+        assert!(!core.origin_allowed("https://evil.example"));
+        assert!(!core.origin_allowed("null"));
+        let any = core_for_test(json!({"allowed_origins": ["*"]}));
+        assert!(any.origin_allowed("https://evil.example"));
+        assert!(any.origin_allowed("null"));
+        let none = core_for_test(json!({}));
+        assert!(!none.origin_allowed("https://app.example"));
+    }
+
+    #[test]
+    fn replies_become_local_responses() {
+        let r = Reply::json(200, json!({"a": 1})).into_local();
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.headers,
+            [("content-type".to_string(), "application/json".to_string())]
+        );
+        assert_eq!(&r.body[..], br#"{"a":1}"#);
+        let r = Reply::accepted().into_local();
+        assert_eq!(r.status, 202);
+        assert!(r.headers.is_empty() && r.body.is_empty());
+        let mut refused = http_error(405, INVALID_REQUEST, "method not allowed");
+        refused.headers.push(("allow".into(), "POST".into()));
+        let r = refused.into_local();
+        assert_eq!(r.status, 405);
+        assert_eq!(r.headers[0], ("allow".to_string(), "POST".to_string()));
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": INVALID_REQUEST, "message": "method not allowed"}})
+        );
+    }
+
+    #[test]
+    fn sse_events_and_answers() {
+        assert_eq!(
+            sse_data(&json!({"id": 1})),
+            Bytes::from_static(b"event: message\ndata: {\"id\":1}\n\n")
+        );
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let FilterAction::Stream(stream) = sse_answer(rx) else {
+            panic!("an SSE answer is a stream");
+        };
+        assert_eq!(stream.status, 200);
+        assert!(stream
+            .headers
+            .contains(&("content-type".to_string(), "text/event-stream".to_string())));
+        assert!(stream
+            .headers
+            .contains(&("cache-control".to_string(), "no-cache".to_string())));
     }
 }

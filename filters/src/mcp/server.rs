@@ -261,3 +261,109 @@ impl McpCore {
         }
     }
 }
+
+/// A core built from a JSON config (with a session secret unless it sets one), for tests.
+#[cfg(test)]
+pub(super) fn core_for_test(mut cfg: Value) -> McpCore {
+    if cfg.get("session_secret").is_none() {
+        cfg["session_secret"] = json!("a test secret of 16+ chars");
+    }
+    let cfg: McpConfig = serde_json::from_value(cfg).expect("a valid config");
+    McpCore::build(&cfg).expect("a valid config")
+}
+
+/// A caller of a session (`stateless`: of the stateless revision), for tests.
+#[cfg(test)]
+pub(super) fn caller_for_test(stateless: bool) -> Caller {
+    Caller {
+        session_id: "s-1".into(),
+        version: "2025-06-18".into(),
+        base: None,
+        tenant: "acme".into(),
+        rate_key: "acme".into(),
+        request_id: "r-1".into(),
+        capabilities: json!({"sampling": {}}),
+        stream_path: "/mcp".into(),
+        stateless,
+        log_level: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(cfg: Value) -> String {
+        let cfg: McpConfig = serde_json::from_value(cfg).expect("a config that parses");
+        match McpCore::build(&cfg) {
+            Ok(_) => panic!("built, but should have been refused"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn builds_with_defaults() {
+        let core = core_for_test(json!({}));
+        assert_eq!(core.path, "/mcp");
+        assert_eq!(
+            core.legacy,
+            Some(("/sse".to_string(), "/messages".to_string()))
+        );
+        assert_eq!(core.ws_path.as_deref(), Some("/ws"));
+        assert_eq!(core.stream_paths, ["/mcp", "/sse", "/ws"]);
+        assert_eq!((core.page_size, core.max_batch), (100, 32));
+        assert_eq!(core.max_body, 1 << 20);
+        assert!(core.results.is_none() && core.tool_limits.is_none());
+        assert!(core.policy.is_none() && core.federation.is_none());
+        let off = core_for_test(json!({"legacy_sse": false, "websocket": false}));
+        assert_eq!((off.legacy, off.ws_path), (None, None));
+        assert_eq!(off.stream_paths, ["/mcp"]);
+        let cached = core_for_test(json!({"result_cache": {"ttl": "30s"}}));
+        assert!(cached.results.is_some());
+    }
+
+    #[test]
+    fn refuses_inconsistent_configs() {
+        assert!(refusal(json!({"path": "mcp"})).starts_with("path:"));
+        assert!(refusal(json!({"sse_path": "/mcp"})).starts_with("sse_path:"));
+        assert!(refusal(json!({"messages_path": "messages"})).starts_with("messages_path:"));
+        assert!(refusal(json!({"ws_path": "/sse"})).starts_with("ws_path:"));
+        assert!(refusal(json!({"ws_path": "/mcp"})).starts_with("ws_path:"));
+        assert!(refusal(json!({"sse_keepalive": "0s"})).starts_with("sse_keepalive:"));
+        assert!(refusal(json!({"page_size": 0})).starts_with("page_size:"));
+        assert!(refusal(json!({"session_ttl": "31days"})).starts_with("session_ttl:"));
+        let e = refusal(json!({"session_secret": "too short"}));
+        assert!(e.starts_with("session_secret:"), "{e}");
+        let e =
+            refusal(json!({"tool_rate_limit": {"key": "{{ tenant }}", "requests_per_second": 5}}));
+        assert!(e.starts_with("tool_rate_limit.key:"), "{e}");
+        // The paths of a transport that is off are not checked.
+        core_for_test(
+            json!({"legacy_sse": false, "sse_path": "/mcp", "websocket": false, "ws_path": "/mcp"}),
+        );
+        // 30 days is the longest session.
+        core_for_test(json!({"session_ttl": "30days"}));
+    }
+
+    #[test]
+    fn tool_rate_limits_build_with_the_default_key() {
+        let core = core_for_test(json!({"tool_rate_limit": {"requests_per_second": 5}}));
+        assert!(core.tool_limits.is_some());
+    }
+
+    #[test]
+    fn upstreams_see_a_session_or_the_shared_stateless_client() {
+        let ours = caller_for_test(false).client();
+        assert_eq!(ours.session_id, "s-1");
+        assert_eq!(ours.version, "2025-06-18");
+        assert_eq!(ours.capabilities, json!({"sampling": {}}));
+        assert_eq!(ours.stream_path, "/mcp");
+        // Every stateless caller is the same client: one upstream session, no capabilities,
+        // the latest handshake revision.
+        let shared = caller_for_test(true).client();
+        assert_eq!(shared.session_id, "\u{0}stateless");
+        assert_eq!(shared.version, "2025-11-25");
+        assert_eq!(shared.capabilities, json!({}));
+        assert_eq!(shared.stream_path, "/mcp");
+    }
+}

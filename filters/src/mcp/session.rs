@@ -174,4 +174,71 @@ mod tests {
         let old = format!("{}.{}", B64.encode(&payload), B64.encode(tag));
         assert_eq!(short.open(&old), Err(SessionError::Expired));
     }
+
+    #[test]
+    fn any_altered_character_is_refused() {
+        let s = SessionSealer::new(b"secret", Duration::from_secs(60));
+        let caps = serde_json::json!({"sampling": {}});
+        let id = s.seal("2025-06-18", Some(&caps));
+        assert!(s.open(&id).is_ok());
+        for (i, c) in id.char_indices() {
+            let other = if c == 'A' { 'B' } else { 'A' };
+            let mut forged = id.clone();
+            forged.replace_range(i..i + c.len_utf8(), &other.to_string());
+            assert_eq!(s.open(&forged), Err(SessionError::Unknown), "at {i}");
+        }
+        // Cut short, extended, or with payload and tag of two different ids.
+        let mut cut = id.clone();
+        cut.pop();
+        assert_eq!(s.open(&cut), Err(SessionError::Unknown));
+        assert_eq!(s.open(&format!("{id}A")), Err(SessionError::Unknown));
+        let second = s.seal("2025-06-18", Some(&caps));
+        let (payload, _) = id.split_once('.').unwrap();
+        let (_, tag) = second.split_once('.').unwrap();
+        assert_eq!(
+            s.open(&format!("{payload}.{tag}")),
+            Err(SessionError::Unknown)
+        );
+        assert_eq!(s.open(""), Err(SessionError::Unknown));
+        assert_eq!(s.open("."), Err(SessionError::Unknown));
+    }
+
+    #[test]
+    fn signed_payloads_of_another_shape_are_refused() {
+        let s = SessionSealer::new(b"k", Duration::from_secs(60));
+        let signed = |payload: &str| {
+            let tag = s.mac(payload.as_bytes()).finalize().into_bytes();
+            format!("{}.{}", B64.encode(payload), B64.encode(tag))
+        };
+        let now = unix_now();
+        assert!(s.open(&signed(&format!("v1|2025-06-18|{now}|n"))).is_ok());
+        for payload in [
+            format!("v2|2025-06-18|{now}|n"),
+            format!("v1|2025-06-18|{now}"),
+            "v1|2025-06-18|soon|n".to_string(),
+            format!("v1|2025-06-18|{now}|n|{}|extra", B64.encode("{}")),
+            // Capabilities that are not base64 of JSON.
+            format!("v1|2025-06-18|{now}|n|!!"),
+            format!("v1|2025-06-18|{now}|n|{}", B64.encode("not json")),
+        ] {
+            assert_eq!(
+                s.open(&signed(&payload)),
+                Err(SessionError::Unknown),
+                "{payload}"
+            );
+        }
+    }
+
+    #[test]
+    fn seals_are_unique_and_dated() {
+        let s = SessionSealer::new(b"k", Duration::from_secs(60));
+        let (a, b) = (s.seal("2025-06-18", None), s.seal("2025-06-18", None));
+        assert_ne!(a, b);
+        let issued = s.open(&a).unwrap().issued_at;
+        assert!(issued.abs_diff(unix_now()) <= 1);
+        // Ending one session leaves the other open.
+        s.terminate(&a);
+        assert_eq!(s.open(&a), Err(SessionError::Terminated));
+        assert!(s.open(&b).is_ok());
+    }
 }

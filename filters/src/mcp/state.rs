@@ -82,3 +82,28 @@ pub(super) fn session_key(session_id: &str) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(session_id.as_bytes()).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_keys_are_sha256_of_the_id() {
+        // SHA-256("abc"), the FIPS 180-2 test vector.
+        assert_eq!(
+            hex(&session_key("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(session_key("s-1"), session_key("s-1"));
+        assert_ne!(session_key("s-1"), session_key("s-2"));
+        // However long the id, the key is 32 bytes.
+        assert_ne!(
+            session_key(&"x".repeat(10_000)),
+            session_key(&"x".repeat(10_001))
+        );
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}

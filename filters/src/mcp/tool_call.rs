@@ -278,3 +278,100 @@ impl McpCore {
         Ok(result)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_arguments_ignore_key_order() {
+        // serde_json keeps insertion order when its `preserve_order` feature is on (a dependency
+        // may turn it on): the key must not depend on it.
+        let a = json!({"b": 1, "a": {"y": [1, {"q": 2, "p": 1}], "x": null}});
+        let b = json!({"a": {"x": null, "y": [1, {"p": 1, "q": 2}]}, "b": 1});
+        assert_eq!(canonical(&a), canonical(&b));
+        assert_eq!(
+            canonical(&a),
+            r#"{"a":{"x":null,"y":[1,{"p":1,"q":2}]},"b":1}"#
+        );
+        // It is JSON, and the same value.
+        let back: Value = serde_json::from_str(&canonical(&a)).unwrap();
+        assert_eq!(back, a);
+        assert_eq!(canonical(&json!({})), "{}");
+        assert_eq!(canonical(&json!([])), "[]");
+        assert_eq!(canonical(&json!("s")), r#""s""#);
+    }
+
+    #[test]
+    fn canonical_arguments_tell_values_apart() {
+        let distinct = [
+            json!({"a": 1}),
+            json!({"a": "1"}),
+            json!({"a": 1.5}),
+            json!({"a": true}),
+            json!({"a": null}),
+            json!({}),
+            json!({"a": [1, 2]}),
+            json!({"a": [2, 1]}),
+            json!({"a": [[1, 2]]}),
+            json!({"a": {"b": 1}}),
+            json!({"a:b": 1}),
+            json!({"a": 1, "b": 2}),
+            // A value that looks like more fields stays one escaped string.
+            json!({"a": "1,\"b\":2"}),
+            json!({"a\":1,\"b": 2}),
+        ];
+        let keys: std::collections::HashSet<String> = distinct.iter().map(canonical).collect();
+        assert_eq!(keys.len(), distinct.len(), "{keys:?}");
+    }
+
+    #[test]
+    fn structured_content_from_2025_06_18_on() {
+        let result = json!({"content": [], "isError": false, "structuredContent": {"n": 1}});
+        for old in ["2024-11-05", "2025-03-26"] {
+            let shown = for_version(result.clone(), old);
+            assert!(shown.get("structuredContent").is_none(), "{old}");
+            assert_eq!(shown["content"], json!([]));
+            assert_eq!(shown["isError"], false);
+        }
+        for new in ["2025-06-18", "2025-11-25", "2026-07-28"] {
+            assert_eq!(for_version(result.clone(), new), result, "{new}");
+        }
+        // Results without it, or not objects, pass as they are.
+        assert_eq!(
+            for_version(json!({"content": []}), "2024-11-05"),
+            json!({"content": []})
+        );
+        assert_eq!(for_version(json!(null), "2024-11-05"), json!(null));
+    }
+
+    #[tokio::test]
+    async fn cancellation_aborts_the_call_in_flight() {
+        let core = std::sync::Arc::new(crate::mcp::server::core_for_test(json!({})));
+        let caller = crate::mcp::server::caller_for_test(false);
+        let id = json!(42);
+        // Finished work is returned and forgotten.
+        assert_eq!(
+            core.cancellable(&caller, &id, None, async { 7 }).await,
+            Some(7)
+        );
+        assert!(core.in_flight.lock().unwrap().is_empty());
+        let (running, cancelled) = (core.clone(), caller.clone());
+        let call = tokio::spawn(async move {
+            running
+                .cancellable(&cancelled, &json!(42), None, std::future::pending::<()>())
+                .await
+        });
+        while core.in_flight.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // Another session's cancellation of the same id does nothing.
+        let mut other = caller.clone();
+        other.session_id = "s-2".into();
+        core.cancel(&other, Some(&id), &Value::Null);
+        assert_eq!(core.in_flight.lock().unwrap().len(), 1);
+        core.cancel(&caller, Some(&id), &Value::Null);
+        assert_eq!(call.await.unwrap(), None);
+        assert!(core.in_flight.lock().unwrap().is_empty());
+    }
+}
