@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use stoa_filters::mcp::{jsonrpc, modern};
+use stoa_filters::mcp::{jsonrpc, stateless};
 
 fuzz_target!(|data: &[u8]| {
     let (body, header) = match data.iter().position(|&b| b == 0) {
@@ -19,15 +19,15 @@ fuzz_target!(|data: &[u8]| {
     let _ = stoa_filters::mcp::upstream::is_response(&message);
     let text = String::from_utf8_lossy(header.get(1..).unwrap_or_default());
     let mut parts = text.split('\n');
-    let routing = modern::RoutingHeaders {
+    let routing = stateless::RoutingHeaders {
         version: parts.next().unwrap_or("2026-07-28").to_string(),
         method: parts.next().map(str::to_string),
         name: parts.next().map(str::to_string),
     };
-    if let Ok(Some(request)) = modern::check(message.clone(), &routing) {
+    if let Ok(Some(request)) = stateless::check(message.clone(), &routing) {
         let sink: stoa_filters::mcp::upstream::MessageSink = Arc::new(|_| {});
-        let (isolated, sink, _id) = modern::isolate(request.message, &sink, Some("info"));
+        let (isolated, sink, _id) = stateless::isolate(request.message, &sink, Some("info"));
         sink(isolated);
     }
-    let _ = modern::check(message, &routing);
+    let _ = stateless::check(message, &routing);
 });

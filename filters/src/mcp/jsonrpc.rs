@@ -148,4 +148,85 @@ mod tests {
             .unwrap_err();
         assert_eq!(code(&e.0), INVALID_REQUEST);
     }
+
+    #[test]
+    fn requests_keep_their_id_and_params() {
+        let Ok(Incoming::Request { id, method, params }) = classify(
+            &json!({"jsonrpc": "2.0", "id": "a-1", "method": "tools/call", "params": {"name": "t"}}),
+        ) else {
+            panic!("a request");
+        };
+        assert_eq!(
+            (id, method, params),
+            (json!("a-1"), "tools/call".to_string(), json!({"name": "t"}))
+        );
+        let Ok(Incoming::Request { id, params, .. }) =
+            classify(&json!({"jsonrpc": "2.0", "id": u64::MAX, "method": "ping"}))
+        else {
+            panic!("a request with a large id");
+        };
+        assert_eq!((id, params), (json!(u64::MAX), Value::Null));
+        let Ok(Incoming::Notification { method, params }) = classify(
+            &json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 3}}),
+        ) else {
+            panic!("a notification");
+        };
+        assert_eq!(
+            (method, params),
+            (
+                "notifications/cancelled".to_string(),
+                json!({"requestId": 3})
+            )
+        );
+        assert!(matches!(
+            classify(&json!({"jsonrpc": "2.0", "id": 9, "error": {"code": 1, "message": "no"}})),
+            Ok(Incoming::Response)
+        ));
+    }
+
+    #[test]
+    fn ids_other_than_strings_and_integers_are_refused() {
+        for id in [json!(1.5), json!(true), json!({"a": 1}), json!([1])] {
+            let e = classify(&json!({"jsonrpc": "2.0", "id": id, "method": "ping"})).unwrap_err();
+            // The id cannot be echoed: it is not one.
+            assert_eq!(
+                (code(&e.0), e.0["id"].clone()),
+                (INVALID_REQUEST, Value::Null),
+                "{id}"
+            );
+        }
+        // A response needs an id; a message without method, result or error is nothing.
+        for message in [
+            json!({"jsonrpc": "2.0", "result": {}}),
+            json!({"jsonrpc": "2.0", "id": 4}),
+            json!({"jsonrpc": 2.0, "id": 4, "method": "ping"}),
+        ] {
+            let e = classify(&message).unwrap_err();
+            assert_eq!(code(&e.0), INVALID_REQUEST, "{message}");
+        }
+        let e = classify(&json!({"jsonrpc": "2.0", "id": 4})).unwrap_err();
+        assert_eq!(e.0["id"], 4);
+    }
+
+    #[test]
+    fn result_and_error_objects() {
+        assert_eq!(
+            result(json!(1), json!({"ok": true})),
+            json!({"jsonrpc": "2.0", "id": 1, "result": {"ok": true}})
+        );
+        assert_eq!(
+            error(json!("x"), METHOD_NOT_FOUND, "method not found: y"),
+            json!({"jsonrpc": "2.0", "id": "x", "error": {"code": -32601, "message": "method not found: y"}})
+        );
+        assert_eq!(
+            [
+                PARSE_ERROR,
+                INVALID_REQUEST,
+                METHOD_NOT_FOUND,
+                INVALID_PARAMS,
+                INTERNAL_ERROR
+            ],
+            [-32700, -32600, -32601, -32602, -32603]
+        );
+    }
 }

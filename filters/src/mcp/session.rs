@@ -12,6 +12,8 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::state::{session_key, TERMINATED};
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// What a session id carries.
@@ -40,18 +42,6 @@ pub struct SessionSealer {
     key: Vec<u8>,
     ttl: Duration,
 }
-
-/// Sessions ended by `DELETE`, for the whole process (so a config reload, which builds a new
-/// sealer, does not bring them back), kept as long as a session may live (30 days at most).
-/// Keyed by the id's SHA-256, so a million terminated sessions cost ~100 MB at most whatever
-/// their ids' length.
-static TERMINATED: once_cell::sync::Lazy<moka::sync::Cache<[u8; 32], ()>> =
-    once_cell::sync::Lazy::new(|| {
-        moka::sync::Cache::builder()
-            .max_capacity(1_000_000)
-            .time_to_live(Duration::from_secs(30 * 24 * 3600))
-            .build()
-    });
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -126,7 +116,7 @@ impl SessionSealer {
         if issued_at + self.ttl.as_secs() < unix_now() {
             return Err(SessionError::Expired);
         }
-        if TERMINATED.contains_key(&super::session_key(id)) {
+        if TERMINATED.contains_key(&session_key(id)) {
             return Err(SessionError::Terminated);
         }
         Ok(SessionState {
@@ -138,7 +128,7 @@ impl SessionSealer {
 
     /// End a session (`DELETE`): later requests with this id get 404 from this process.
     pub fn terminate(&self, id: &str) {
-        TERMINATED.insert(super::session_key(id), ());
+        TERMINATED.insert(session_key(id), ());
     }
 }
 
@@ -183,5 +173,72 @@ mod tests {
         let tag = short.mac(payload.as_bytes()).finalize().into_bytes();
         let old = format!("{}.{}", B64.encode(&payload), B64.encode(tag));
         assert_eq!(short.open(&old), Err(SessionError::Expired));
+    }
+
+    #[test]
+    fn any_altered_character_is_refused() {
+        let s = SessionSealer::new(b"secret", Duration::from_secs(60));
+        let caps = serde_json::json!({"sampling": {}});
+        let id = s.seal("2025-06-18", Some(&caps));
+        assert!(s.open(&id).is_ok());
+        for (i, c) in id.char_indices() {
+            let other = if c == 'A' { 'B' } else { 'A' };
+            let mut forged = id.clone();
+            forged.replace_range(i..i + c.len_utf8(), &other.to_string());
+            assert_eq!(s.open(&forged), Err(SessionError::Unknown), "at {i}");
+        }
+        // Cut short, extended, or with payload and tag of two different ids.
+        let mut cut = id.clone();
+        cut.pop();
+        assert_eq!(s.open(&cut), Err(SessionError::Unknown));
+        assert_eq!(s.open(&format!("{id}A")), Err(SessionError::Unknown));
+        let second = s.seal("2025-06-18", Some(&caps));
+        let (payload, _) = id.split_once('.').unwrap();
+        let (_, tag) = second.split_once('.').unwrap();
+        assert_eq!(
+            s.open(&format!("{payload}.{tag}")),
+            Err(SessionError::Unknown)
+        );
+        assert_eq!(s.open(""), Err(SessionError::Unknown));
+        assert_eq!(s.open("."), Err(SessionError::Unknown));
+    }
+
+    #[test]
+    fn signed_payloads_of_another_shape_are_refused() {
+        let s = SessionSealer::new(b"k", Duration::from_secs(60));
+        let signed = |payload: &str| {
+            let tag = s.mac(payload.as_bytes()).finalize().into_bytes();
+            format!("{}.{}", B64.encode(payload), B64.encode(tag))
+        };
+        let now = unix_now();
+        assert!(s.open(&signed(&format!("v1|2025-06-18|{now}|n"))).is_ok());
+        for payload in [
+            format!("v2|2025-06-18|{now}|n"),
+            format!("v1|2025-06-18|{now}"),
+            "v1|2025-06-18|soon|n".to_string(),
+            format!("v1|2025-06-18|{now}|n|{}|extra", B64.encode("{}")),
+            // Capabilities that are not base64 of JSON.
+            format!("v1|2025-06-18|{now}|n|!!"),
+            format!("v1|2025-06-18|{now}|n|{}", B64.encode("not json")),
+        ] {
+            assert_eq!(
+                s.open(&signed(&payload)),
+                Err(SessionError::Unknown),
+                "{payload}"
+            );
+        }
+    }
+
+    #[test]
+    fn seals_are_unique_and_dated() {
+        let s = SessionSealer::new(b"k", Duration::from_secs(60));
+        let (a, b) = (s.seal("2025-06-18", None), s.seal("2025-06-18", None));
+        assert_ne!(a, b);
+        let issued = s.open(&a).unwrap().issued_at;
+        assert!(issued.abs_diff(unix_now()) <= 1);
+        // Ending one session leaves the other open.
+        s.terminate(&a);
+        assert_eq!(s.open(&a), Err(SessionError::Terminated));
+        assert!(s.open(&b).is_ok());
     }
 }

@@ -3,7 +3,8 @@
 //! open stream of a session, each event carries an id, and the last events of each session are
 //! kept so that a client reconnecting with `Last-Event-ID` gets what it missed. Keep-alive
 //! comments at a set interval keep idle streams open through proxies and reveal dead clients.
-//! Process-wide so that it outlives config reloads (which rebuild the `mcp` filter).
+//! Process-wide (`HUB`, defined in `state`) so that it outlives config reloads (which rebuild
+//! the `mcp` filter).
 #![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 use std::collections::{HashMap, VecDeque};
@@ -11,10 +12,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use once_cell::sync::Lazy;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+/// The process-wide hub, defined with the rest of the process-wide state (`state`).
+pub use super::state::HUB;
 use crate::metrics::FILTER_METRICS;
 
 /// Events kept per session for resumption.
@@ -52,8 +54,6 @@ pub struct StreamHub {
     /// Keyed by `path \0 session id`.
     sessions: Mutex<HashMap<String, SessionStreams>>,
 }
-
-pub static HUB: Lazy<StreamHub> = Lazy::new(StreamHub::default);
 
 fn key(path: &str, session: &str) -> String {
     format!("{path}\u{0}{session}")

@@ -139,4 +139,54 @@ spec:
         .unwrap_err();
         assert!(e.contains("t.yaml") && e.contains("descripton"), "{e}");
     }
+
+    #[test]
+    fn defaults_and_camel_case_fields() {
+        let minimal = "apiVersion: gostoa.dev/v1alpha1\nkind: Tool\nmetadata: { name: ping }\nspec:\n  backend: { url: \"http://svc/ping\" }\n";
+        let t = parse(minimal, "m.yaml").unwrap();
+        assert_eq!(t.name, "ping");
+        assert_eq!(t.description, "");
+        assert_eq!(t.input_schema, serde_json::json!({"type": "object"}));
+        assert!(t.title.is_none() && t.output_schema.is_none() && t.annotations.is_none());
+        let full = RESOURCE.replace(
+            "  annotations:",
+            "  title: Invoice\n  outputSchema: { type: object }\n  annotations:",
+        );
+        let t = parse(&full, "t.yaml").unwrap();
+        assert_eq!(t.title.as_deref(), Some("Invoice"));
+        assert_eq!(t.output_schema, Some(serde_json::json!({"type": "object"})));
+        assert_eq!(
+            t.annotations,
+            Some(serde_json::json!({"readOnlyHint": true}))
+        );
+        // The resource's own keys are camelCase too, and required.
+        let e = parse(&RESOURCE.replace("apiVersion:", "api_version:"), "t.yaml").unwrap_err();
+        assert!(e.contains("t.yaml"), "{e}");
+        assert!(parse(&RESOURCE.replace("  backend:", "  other:"), "t.yaml").is_err());
+    }
+
+    #[test]
+    fn loads_the_yaml_files_of_a_directory_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |file: &str, name: &str| {
+            let text = RESOURCE.replace("  name: get_invoice\n", &format!("  name: {name}\n"));
+            std::fs::write(dir.path().join(file), text).unwrap();
+        };
+        write("b.yml", "second");
+        write("a.yaml", "first");
+        write("c.yaml.bak", "ignored");
+        std::fs::write(dir.path().join("notes.txt"), "not a tool").unwrap();
+        let tools = load_dir(dir.path()).unwrap();
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["first", "second"]);
+        // A bad file fails the whole directory, naming the file.
+        std::fs::write(dir.path().join("z.yaml"), "kind: Tool\n").unwrap();
+        let e = load_dir(dir.path()).unwrap_err();
+        assert!(e.contains("z.yaml"), "{e}");
+        let e = load_dir(&dir.path().join("missing")).unwrap_err();
+        assert!(e.contains("missing"), "{e}");
+        assert!(load_dir(tempfile::tempdir().unwrap().path())
+            .unwrap()
+            .is_empty());
+    }
 }

@@ -16,9 +16,12 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use super::http::{http_error, Reply};
 use super::jsonrpc::{self, INVALID_REQUEST, PARSE_ERROR};
+use super::server::{Caller, McpCore};
+use super::state::UNSEALED_CAPABILITIES;
+use super::streams;
 use super::upstream::MessageSink;
-use super::{streams, Caller, McpCore, Reply};
 use crate::filter::{FilterAction, LocalUpgrade};
 
 /// The WebSocket handshake's answer headers for a request, or why it is not one (400/426).
@@ -31,7 +34,7 @@ pub(super) fn handshake(req: &pingora_http::RequestHeader) -> Result<Vec<(String
     };
     let upgrade = header("upgrade").eq_ignore_ascii_case("websocket");
     if req.method != http::Method::GET || !upgrade {
-        let mut r = super::http_error(
+        let mut r = http_error(
             426,
             INVALID_REQUEST,
             "this endpoint speaks WebSocket: send GET with Upgrade: websocket",
@@ -41,7 +44,7 @@ pub(super) fn handshake(req: &pingora_http::RequestHeader) -> Result<Vec<(String
     }
     let key = header("sec-websocket-key");
     if key.is_empty() || header("sec-websocket-version") != "13" {
-        return Err(super::http_error(
+        return Err(http_error(
             400,
             INVALID_REQUEST,
             "missing Sec-WebSocket-Key or Sec-WebSocket-Version: 13",
@@ -137,7 +140,7 @@ impl McpCore {
                     .and_then(|b| b["result"]["protocolVersion"].as_str())
                 {
                     caller.version = version.to_string();
-                    caller.capabilities = super::UNSEALED_CAPABILITIES
+                    caller.capabilities = UNSEALED_CAPABILITIES
                         .get(&caller.session_id)
                         .unwrap_or(Value::Null);
                     if server_stream.is_none() {
@@ -202,7 +205,7 @@ impl McpCore {
             task.abort();
         }
         streams::HUB.close(&caller.stream_path, &caller.session_id);
-        super::UNSEALED_CAPABILITIES.invalidate(&caller.session_id);
+        UNSEALED_CAPABILITIES.invalidate(&caller.session_id);
         if let Some(fed) = self.federation.clone() {
             fed.close_client(&caller.session_id).await;
         }

@@ -409,4 +409,91 @@ mod tests {
         assert_eq!(seen[0]["params"]["progressToken"], 7);
         assert_eq!(seen[1]["params"]["level"], "error");
     }
+
+    #[test]
+    fn http_status_of_each_error() {
+        for code in [
+            -32700,
+            INVALID_REQUEST,
+            INVALID_PARAMS,
+            HEADER_MISMATCH,
+            -32021,
+            UNSUPPORTED_VERSION,
+        ] {
+            assert_eq!(status_of(code), 400, "{code}");
+        }
+        assert_eq!(status_of(METHOD_NOT_FOUND), 404);
+        // Errors of the call itself (a refusal, a cancellation, an upstream's) are 200.
+        for code in [-32603, -32003, -32004, -32800, -32002, 1] {
+            assert_eq!(status_of(code), 200, "{code}");
+        }
+    }
+
+    #[test]
+    fn header_values_may_be_base64_wrapped() {
+        assert_eq!(header_text("plain"), "plain");
+        let wrapped = format!("=?base64?{}?=", STANDARD.encode("café ☕"));
+        assert_eq!(header_text(&wrapped), "café ☕");
+        // Not base64, or not UTF-8 inside: the value as it came.
+        assert_eq!(header_text("=?base64?***?="), "=?base64?***?=");
+        let latin1 = format!("=?base64?{}?=", STANDARD.encode([0xe9u8]));
+        assert_eq!(header_text(&latin1), latin1);
+        assert_eq!(header_text("=?base64?aGk="), "=?base64?aGk=");
+    }
+
+    #[test]
+    fn discover_lists_every_version() {
+        let d = discover("gw", json!({"tools": {}}));
+        assert_eq!(
+            d["supportedVersions"],
+            json!([
+                "2024-11-05",
+                "2025-03-26",
+                "2025-06-18",
+                "2025-11-25",
+                MODERN_VERSION
+            ])
+        );
+        assert_eq!(d["capabilities"], json!({"tools": {}}));
+        assert_eq!(d["resultType"], "complete");
+        assert_eq!(d["_meta"][META_SERVER_INFO]["name"], "gw");
+    }
+
+    #[test]
+    fn finish_leaves_errors_and_set_fields_alone() {
+        let e = json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "x"}});
+        assert_eq!(finish("tools/list", e.clone()), e);
+        let read = finish(
+            "resources/read",
+            json!({"id": 1, "result": {"contents": [], "ttlMs": 5000, "cacheScope": "public"}}),
+        );
+        assert_eq!(read["result"]["ttlMs"], 5000);
+        assert_eq!(read["result"]["cacheScope"], "public");
+        assert_eq!(read["result"]["resultType"], "complete");
+    }
+
+    #[test]
+    fn requests_without_a_token_or_level_hear_nothing() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = seen.clone();
+        let related: MessageSink = Arc::new(move |m| {
+            into.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(m)
+        });
+        let (first, sink, client_id) =
+            isolate(request("tools/call", json!({"name": "t"})), &related, None);
+        let (second, _, _) = isolate(request("tools/call", json!({"name": "t"})), &related, None);
+        assert_eq!(client_id, 7);
+        // Two clients' id 7 become two different ids upstream.
+        assert_ne!(first["id"], second["id"]);
+        assert!(first["params"].get("_meta").is_none());
+        let unique = first["id"].clone();
+        sink(json!({"method": "notifications/progress", "params": {"progressToken": unique}}));
+        sink(json!({"method": "notifications/message", "params": {"level": "emergency"}}));
+        assert!(seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty());
+    }
 }
