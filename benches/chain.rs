@@ -11,12 +11,9 @@ use stoa_filters::router::{Router, RouterConfig};
 use stoa_filters::{build_filter, BuildContext, FilterAction, FilterConfig, RequestCtx};
 use tokio::io::AsyncWriteExt;
 
-const CLUSTERS: &[String] = &[];
-static NO_SETTINGS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-
 /// A build context that does not check cluster names (the benchmark declares none).
 fn bctx() -> BuildContext<'static> {
-    BuildContext::new(CLUSTERS, &NO_SETTINGS, None)
+    BuildContext::standalone()
 }
 
 fn router(n: usize) -> Router {

@@ -12,6 +12,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use stoa_filters::jwt::{Jwt, JwtConfig};
 use stoa_filters::rate_limit::{RateLimit, RateLimitConfig};
+use stoa_filters::BuildContext;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -67,7 +68,7 @@ fn jwt_verify(c: &mut Criterion) {
                 "public_key_file": public, "cache_size": cache,
             }))
             .unwrap();
-            let jwt = Jwt::build(&cfg).unwrap();
+            let jwt = Jwt::build(&cfg, &mut BuildContext::standalone()).unwrap();
             assert!(rt.block_on(jwt.verify_token(&token)).is_ok());
             let name = format!("{alg}_{}", if cache == 0 { "uncached" } else { "cached" });
             g.bench_function(name, |b| {
@@ -179,9 +180,11 @@ fn rate_limit_check(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("rate_limit_check");
     let limits = serde_json::json!({"requests_per_second": 1_000_000_000u64 as u32, "requests_per_minute": 2_000_000_000u32});
-    let local =
-        RateLimit::build(&serde_json::from_value::<RateLimitConfig>(limits.clone()).unwrap())
-            .unwrap();
+    let local = RateLimit::new(
+        &serde_json::from_value::<RateLimitConfig>(limits.clone()).unwrap(),
+        &mut BuildContext::standalone(),
+    )
+    .unwrap();
     g.bench_function("local_2_limits", |b| {
         b.iter(|| assert!(rt.block_on(local.admit(black_box("tenant-acme")))))
     });
@@ -189,8 +192,11 @@ fn rate_limit_check(c: &mut Criterion) {
         Some((_redis, port)) => {
             let mut cfg = limits;
             cfg["redis"] = serde_json::json!({"url": format!("redis://127.0.0.1:{port}"), "timeout": "1s", "failure_mode": "fail_closed"});
-            let redis =
-                RateLimit::build(&serde_json::from_value::<RateLimitConfig>(cfg).unwrap()).unwrap();
+            let redis = RateLimit::new(
+                &serde_json::from_value::<RateLimitConfig>(cfg).unwrap(),
+                &mut BuildContext::standalone(),
+            )
+            .unwrap();
             assert!(rt.block_on(redis.admit("tenant-acme")));
             g.bench_function("redis_2_limits", |b| {
                 b.iter(|| assert!(rt.block_on(redis.admit(black_box("tenant-acme")))))

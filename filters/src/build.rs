@@ -89,6 +89,13 @@ impl<'a> BuildContext<'a> {
         }
     }
 
+    /// A context for a filter built on its own (benchmarks, unit tests): no clusters to check,
+    /// no command-line settings, no previous version.
+    pub fn standalone() -> BuildContext<'static> {
+        static NO_SETTINGS: BTreeMap<String, String> = BTreeMap::new();
+        BuildContext::new(&[], &NO_SETTINGS, None)
+    }
+
     /// The resource of type `T` known by `key`: the one this version already holds, else the
     /// previous version's, else a new one from `init`. Key it by everything that makes two
     /// resources different (a limiter by its name and rate, a key cache by its URL), so a reload

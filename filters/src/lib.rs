@@ -6,7 +6,6 @@ pub mod admin;
 pub mod background;
 pub mod body_limit;
 pub mod build;
-mod build_pending;
 pub mod canary;
 pub mod context;
 pub mod cors;

@@ -444,11 +444,6 @@ fn rego_object<const N: usize>(fields: [(&str, Rego); N]) -> Rego {
 }
 
 impl Opa {
-    /// TEMPORARY until the mcp filter takes a `BuildContext`.
-    pub fn build(cfg: &OpaConfig) -> std::result::Result<Self, String> {
-        Self::with_default_endpoint(cfg, None)
-    }
-
     /// Build the filter; an `opa` entry with neither `policy` nor `endpoint` asks the OPA server
     /// the command line named (`--opa-endpoint`, the `opa.endpoint` setting), else the one in
     /// `PROXY_OPA_ENDPOINT`.

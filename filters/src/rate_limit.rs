@@ -446,12 +446,6 @@ pub struct RateLimit {
 struct RateHeaders(Vec<(&'static str, String)>);
 
 impl RateLimit {
-    /// TEMPORARY until the mcp filter takes a `BuildContext`: limits not kept across reloads.
-    pub fn build(cfg: &RateLimitConfig) -> std::result::Result<Self, String> {
-        let none = std::collections::BTreeMap::new();
-        Self::new(cfg, &mut BuildContext::new(&[], &none, None))
-    }
-
     pub fn new(
         cfg: &RateLimitConfig,
         bctx: &mut BuildContext,

@@ -84,6 +84,7 @@ pub(super) fn has_all(have: &[String], need: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::BuildContext;
     use serde_json::{json, Value};
 
     /// A filter with local keys only (no network), the defaults otherwise plus `extra`.
@@ -97,7 +98,11 @@ mod tests {
         if let (Some(c), Value::Object(e)) = (cfg.as_object_mut(), extra) {
             c.extend(e);
         }
-        Jwt::build(&serde_json::from_value(cfg).expect("a valid jwt config")).expect("builds")
+        Jwt::build(
+            &serde_json::from_value(cfg).expect("a valid jwt config"),
+            &mut BuildContext::standalone(),
+        )
+        .expect("builds")
     }
 
     #[test]

@@ -1,20 +1,20 @@
 //! Signing keys: where they come from (an HMAC secret, a PEM file, a local JWKS file, a JWKS
-//! URL or OIDC discovery on the issuer), which algorithms each key may verify, the process-wide
-//! cache of remote keys (`REMOTE_KEYS`) with its background and on-demand refreshes, and the
+//! URL or OIDC discovery on the issuer), which algorithms each key may verify, the cache of
+//! remote keys (`RemoteKeys`, a shared resource) with its background and on-demand refreshes, and the
 //! lookup of the keys that may verify one token (`KeyStore`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use once_cell::sync::Lazy;
 use tracing::{info, warn};
 
 use super::config::JwtConfig;
 use super::verify::{is_hmac, KeyRules};
+use crate::build::BuildContext;
 use crate::metrics::FILTER_METRICS;
 
 /// One verification key with the validation rules it may be used with.
@@ -60,20 +60,9 @@ struct RemoteKeys {
     attempted: AtomicBool,
 }
 
-static REMOTE_KEYS: Lazy<Mutex<Vec<Weak<RemoteKeys>>>> = Lazy::new(|| Mutex::new(Vec::new()));
-
 impl RemoteKeys {
-    fn shared(source: RemoteSource, client: reqwest::Client, timeout: Duration) -> Arc<Self> {
-        let mut all = REMOTE_KEYS.lock().unwrap_or_else(|p| p.into_inner());
-        all.retain(|w| w.strong_count() > 0);
-        if let Some(existing) = all
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|r| r.source == source)
-        {
-            return existing;
-        }
-        let keys = Arc::new(RemoteKeys {
+    fn new(source: RemoteSource, client: reqwest::Client, timeout: Duration) -> Self {
+        RemoteKeys {
             source,
             client,
             timeout,
@@ -82,9 +71,7 @@ impl RemoteKeys {
             refreshing: AtomicBool::new(false),
             fetch_lock: tokio::sync::Mutex::new(()),
             attempted: AtomicBool::new(false),
-        });
-        all.push(Arc::downgrade(&keys));
-        keys
+        }
     }
 
     fn since_last_attempt(&self) -> Option<Duration> {
@@ -286,7 +273,11 @@ pub(super) enum KeyLookup {
 impl KeyStore {
     /// The keys a config names: the local ones (secret, JWKS file, PEM file) and, with
     /// `jwks_url` or without any local key, the shared remote keys of that source.
-    pub(super) fn build(cfg: &JwtConfig, rules: KeyRules) -> std::result::Result<Self, String> {
+    pub(super) fn build(
+        cfg: &JwtConfig,
+        rules: KeyRules,
+        bctx: &mut BuildContext,
+    ) -> std::result::Result<Self, String> {
         let allowed = &rules.allowed;
         let mut local = Vec::new();
         if let Some(secret) = &cfg.hmac_secret {
@@ -348,7 +339,12 @@ impl KeyStore {
                     }
                 }
                 let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
-                Some(RemoteKeys::shared(source, client, cfg.fetch_timeout.0))
+                // Kept across reloads (no refetch, and an issuer outage does not lose them)
+                // while the source, its CA and the timeout stay the same.
+                let key = format!("{source:?}|{:?}|{:?}", cfg.ca_file, cfg.fetch_timeout.0);
+                Some(bctx.shared::<RemoteKeys>(&key, || {
+                    Ok(RemoteKeys::new(source, client, cfg.fetch_timeout.0))
+                })?)
             }
             None => None,
         };

@@ -18,6 +18,7 @@ use pingora_core::Result;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
+use crate::build::{BuildContext, BuildFilter};
 use crate::context::{RequestCtx, RouteAuth};
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
 use crate::metrics::FILTER_METRICS;
@@ -48,7 +49,7 @@ pub struct Jwt {
 }
 
 impl Jwt {
-    pub fn build(cfg: &JwtConfig) -> std::result::Result<Self, String> {
+    pub fn build(cfg: &JwtConfig, bctx: &mut BuildContext) -> std::result::Result<Self, String> {
         if cfg.issuer.is_empty() {
             return Err("issuer: must not be empty".into());
         }
@@ -59,7 +60,7 @@ impl Jwt {
         }
         let rules = verify::key_rules(cfg)?;
         let allowed = rules.allowed.clone();
-        let keys = KeyStore::build(cfg, rules)?;
+        let keys = KeyStore::build(cfg, rules, bctx)?;
 
         let header = |name: &str, what: &str| {
             HeaderName::from_bytes(name.as_bytes())
@@ -340,5 +341,14 @@ impl Filter for Jwt {
             }
         }
         Ok(())
+    }
+}
+
+impl BuildFilter for Jwt {
+    const TYPE: &'static str = "jwt";
+    type Config = JwtConfig;
+
+    fn build(cfg: &JwtConfig, bctx: &mut BuildContext) -> std::result::Result<Self, String> {
+        Jwt::build(cfg, bctx)
     }
 }

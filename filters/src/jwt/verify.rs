@@ -215,6 +215,7 @@ impl Jwt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::BuildContext;
     use base64::Engine;
     use hmac::{Hmac, Mac};
     use jsonwebtoken::{encode, EncodingKey, Header};
@@ -253,7 +254,7 @@ mod tests {
     }
 
     fn filter(extra: Value) -> Jwt {
-        Jwt::build(&config(extra)).expect("the filter builds")
+        Jwt::build(&config(extra), &mut BuildContext::standalone()).expect("the filter builds")
     }
 
     /// Claims valid now (a null in `extra` removes a claim).
@@ -455,11 +456,14 @@ mod tests {
         let hmac = hs256(&claims(json!({})), SECRET);
         assert_eq!(check(&jwt, &hmac).await.unwrap_err(), "bad_algorithm");
         // The key's type decides what it may verify.
-        let wrong = Jwt::build(&config(json!({
-            "algorithms": ["RS256"],
-            "hmac_secret": null,
-            "public_key_file": path.to_str().unwrap(),
-        })));
+        let wrong = Jwt::build(
+            &config(json!({
+                "algorithms": ["RS256"],
+                "hmac_secret": null,
+                "public_key_file": path.to_str().unwrap(),
+            })),
+            &mut BuildContext::standalone(),
+        );
         assert!(wrong
             .err()
             .unwrap()
@@ -489,7 +493,11 @@ mod tests {
 
     #[test]
     fn algorithm_rules_are_checked_at_build() {
-        let err = |extra| Jwt::build(&config(extra)).err().expect("refused");
+        let err = |extra| {
+            Jwt::build(&config(extra), &mut BuildContext::standalone())
+                .err()
+                .expect("refused")
+        };
         assert!(err(json!({"algorithms": ["RS257"]})).contains("unknown algorithm `RS257`"));
         assert!(err(json!({"algorithms": []})).contains("at least one algorithm"));
         assert!(err(json!({"hmac_secret": null})).contains("need `hmac_secret`"));

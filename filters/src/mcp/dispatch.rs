@@ -12,7 +12,6 @@ use super::federation;
 use super::http::{Reply, SESSION_HEADER};
 use super::jsonrpc::{self, Incoming, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND};
 use super::server::{Caller, McpCore};
-use super::state::UNSEALED_CAPABILITIES;
 use super::upstream::MessageSink;
 use crate::metrics::FILTER_METRICS;
 
@@ -133,7 +132,9 @@ impl McpCore {
         match legacy {
             Some(session) => {
                 if let Some(caps) = client_capabilities {
-                    UNSEALED_CAPABILITIES.insert(session.to_string(), caps);
+                    self.state
+                        .unsealed_capabilities
+                        .insert(session.to_string(), caps);
                 }
             }
             None => reply.headers.push((

@@ -19,7 +19,6 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::jsonrpc::{self, INTERNAL_ERROR};
-use super::streams;
 use super::upstream::{
     is_response, Endpoint, MessageSink, Transport, UpstreamError, UpstreamSession,
 };
@@ -185,6 +184,8 @@ pub struct Federation {
     sessions: moka::future::Cache<(String, usize), Arc<UpstreamSession>>,
     started: AtomicBool,
     next_id: AtomicU64,
+    /// The `mcp` filters' shared state (the stream hub that relays upstream notifications).
+    state: Arc<super::state::McpState>,
 }
 
 /// The kinds of list a client can be told changed.
@@ -195,6 +196,7 @@ impl Federation {
         configs: &[UpstreamConfig],
         stream_paths: Vec<String>,
         session_ttl: Duration,
+        state: Arc<super::state::McpState>,
     ) -> Result<Arc<Self>, String> {
         let client = reqwest::Client::builder()
             .build()
@@ -263,6 +265,7 @@ impl Federation {
                 .build(),
             started: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            state,
         }))
     }
 
@@ -457,6 +460,7 @@ impl Federation {
         let refresh = self.upstreams[index].refresh.clone();
         let name = self.upstreams[index].cfg.name.clone();
         let (path, session) = (client.stream_path.clone(), client.session_id.clone());
+        let state = self.state.clone();
         Arc::new(move |mut message: Value| {
             let method = message.get("method").and_then(Value::as_str).unwrap_or("");
             if method.ends_with("/list_changed") && method != "notifications/roots/list_changed" {
@@ -468,7 +472,7 @@ impl Federation {
             }
             match &related {
                 Some(sink) => sink(message),
-                None => streams::HUB.publish(&path, &session, &message),
+                None => state.hub.publish(&path, &session, &message),
             }
         })
     }
@@ -764,7 +768,7 @@ async fn catalog_task(federation: Weak<Federation>, index: usize) {
                 let note =
                     json!({"jsonrpc": "2.0", "method": format!("notifications/{k}/list_changed")});
                 for path in &fed.stream_paths {
-                    streams::HUB.broadcast(path, &note);
+                    fed.state.hub.broadcast(path, &note);
                 }
             }
         }

@@ -15,9 +15,8 @@ use super::dispatch::{PROTOCOL_VERSIONS, RATE_LIMITED};
 use super::jsonrpc::{self, INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR};
 use super::server::{Caller, McpCore};
 use super::session::SessionError;
-use super::state::{session_key, ACTIVE_SESSIONS};
+use super::state::session_key;
 use super::stateless::{self, MODERN_VERSION};
-use super::streams;
 use super::upstream::MessageSink;
 use super::websocket;
 use crate::context::RequestCtx;
@@ -197,8 +196,8 @@ impl McpCore {
                 Some(id) => match self.sealer.open(id) {
                     Ok(_) => {
                         self.sealer.terminate(id);
-                        streams::HUB.close(&self.path, id);
-                        ACTIVE_SESSIONS.invalidate(&session_key(id));
+                        self.state.hub.close(&self.path, id);
+                        self.state.active_sessions.invalidate(&session_key(id));
                         if let Some(fed) = self.federation.clone() {
                             let id = id.to_string();
                             crate::background::handle()
@@ -234,7 +233,7 @@ impl McpCore {
                     None => http_error(400, INVALID_REQUEST, "missing Mcp-Session-Id header"),
                     Some((_, Err(_))) => http_error(404, INVALID_REQUEST, "unknown session"),
                     Some((id, Ok(_))) => {
-                        return Ok(sse_answer(streams::HUB.open(
+                        return Ok(sse_answer(self.state.hub.open(
                             &self.path,
                             id,
                             last_event_id,
@@ -550,7 +549,8 @@ impl McpCore {
     /// The sink of related messages when the answer is not a stream: the client's server stream.
     pub(super) fn stream_sink(&self, caller: &Caller) -> MessageSink {
         let (path, session) = (caller.stream_path.clone(), caller.session_id.clone());
-        Arc::new(move |m: Value| streams::HUB.publish(&path, &session, &m))
+        let state = self.state.clone();
+        Arc::new(move |m: Value| state.hub.publish(&path, &session, &m))
     }
 }
 

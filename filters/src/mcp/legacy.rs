@@ -13,8 +13,6 @@ use serde_json::{json, Value};
 use super::http::{http_error, sse_answer, Reply};
 use super::jsonrpc::{self, INVALID_REQUEST};
 use super::server::McpCore;
-use super::state::UNSEALED_CAPABILITIES;
-use super::streams;
 use crate::context::RequestCtx;
 use crate::filter::FilterAction;
 
@@ -29,7 +27,11 @@ impl McpCore {
         let first = Bytes::from(format!(
             "event: endpoint\ndata: {messages_path}?session_id={id}\n\n"
         ));
-        sse_answer(streams::HUB.open_with(sse_path, &id, None, self.sse_keepalive, first))
+        sse_answer(
+            self.state
+                .hub
+                .open_with(sse_path, &id, None, self.sse_keepalive, first),
+        )
     }
 
     /// Legacy transport, `POST messages_path?session_id=…`: the message is handled here and
@@ -50,7 +52,11 @@ impl McpCore {
         if self.sealer.open(&id).is_err() {
             return Ok(http_error(404, INVALID_REQUEST, "unknown session"));
         }
-        let capabilities = UNSEALED_CAPABILITIES.get(&id).unwrap_or(Value::Null);
+        let capabilities = self
+            .state
+            .unsealed_capabilities
+            .get(&id)
+            .unwrap_or(Value::Null);
         let caller = self.caller(
             ctx,
             req,
@@ -89,7 +95,7 @@ impl McpCore {
             return Ok(Reply::accepted());
         };
         if let Some(reply) = reply {
-            streams::HUB.publish(sse_path, &caller.session_id, &reply);
+            self.state.hub.publish(sse_path, &caller.session_id, &reply);
         }
         Ok(Reply::accepted())
     }

@@ -37,6 +37,7 @@ use async_trait::async_trait;
 use pingora_core::Result;
 use pingora_proxy::Session;
 
+use crate::build::{BuildContext, BuildFilter};
 use crate::context::RequestCtx;
 use crate::filter::{phase, Filter, FilterAction};
 use server::McpCore;
@@ -51,8 +52,8 @@ pub use dispatch::{
 pub struct Mcp(Arc<McpCore>);
 
 impl Mcp {
-    pub fn build(cfg: &McpConfig) -> std::result::Result<Self, String> {
-        McpCore::build(cfg).map(|core| Mcp(Arc::new(core)))
+    pub fn build(cfg: &McpConfig, bctx: &mut BuildContext) -> std::result::Result<Self, String> {
+        McpCore::build(cfg, bctx).map(|core| Mcp(Arc::new(core)))
     }
 }
 
@@ -80,5 +81,22 @@ impl Filter for Mcp {
         ctx: &mut RequestCtx,
     ) -> Result<FilterAction> {
         self.0.on_request(session, ctx).await
+    }
+}
+
+impl BuildFilter for Mcp {
+    const TYPE: &'static str = "mcp";
+    type Config = McpConfig;
+
+    fn build(cfg: &McpConfig, bctx: &mut BuildContext) -> std::result::Result<Self, String> {
+        Mcp::build(cfg, bctx)
+    }
+
+    /// A tool resource added, changed or removed in `tools_dir` reloads the config.
+    fn watched_dirs(cfg: &McpConfig) -> Vec<std::path::PathBuf> {
+        cfg.tools_dir
+            .iter()
+            .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| std::path::PathBuf::from(d)))
+            .collect()
     }
 }

@@ -13,11 +13,11 @@ use super::config::{stream_paths, McpConfig, SESSION_SECRET_ENV};
 use super::dispatch::PROTOCOL_VERSIONS;
 use super::federation::{ClientRef, Federation};
 use super::session::SessionSealer;
-use super::state::{session_key, ACTIVE_SESSIONS, PROCESS_SECRET, SERVED_TOOLS};
-use super::streams;
+use super::state::{session_key, McpState};
 use super::tool_call::InFlight;
 use super::tool_resources;
 use super::tools::ToolRegistry;
+use crate::build::BuildContext;
 use crate::context::RequestCtx;
 use crate::opa::{self, Opa};
 use crate::rate_limit::RateLimit;
@@ -44,6 +44,8 @@ pub(super) struct McpCore {
     pub(super) tool_limits: Option<RateLimit>,
     pub(super) in_flight: InFlight,
     pub(super) federation: Option<Arc<Federation>>,
+    /// What every `mcp` filter shares, across reloads (see `state`).
+    pub(super) state: Arc<McpState>,
     /// Where sessions of each transport hear the server (for change notifications).
     pub(super) stream_paths: Vec<String>,
 }
@@ -91,7 +93,10 @@ impl Caller {
 }
 
 impl McpCore {
-    pub(super) fn build(cfg: &McpConfig) -> std::result::Result<Self, String> {
+    pub(super) fn build(
+        cfg: &McpConfig,
+        bctx: &mut BuildContext,
+    ) -> std::result::Result<Self, String> {
         if !cfg.path.starts_with('/') {
             return Err("path: must start with `/`".into());
         }
@@ -132,13 +137,17 @@ impl McpCore {
             Some(rl) if rl.key != "{{ client_ip }}" => {
                 return Err("tool_rate_limit.key: not used: these limits count per caller (tenant, else client IP) and tool".into())
             }
-            Some(rl) => Some(RateLimit::build(rl).map_err(|e| format!("tool_rate_limit.{e}"))?),
+            Some(rl) => {
+                Some(RateLimit::new(rl, bctx).map_err(|e| format!("tool_rate_limit.{e}"))?)
+            }
             None => None,
         };
         let policy = match &cfg.policy {
-            Some(p) => Some(Opa::build(p).map_err(|e| format!("policy: {e}"))?),
+            Some(p) => Some(Opa::new(p, bctx).map_err(|e| format!("policy: {e}"))?),
             None => None,
         };
+        let state = bctx.shared::<McpState>("", || Ok(McpState::default()))?;
+        state.start_gauge();
         let secret = match &cfg.session_secret {
             Some(s) if s.len() < 16 => {
                 return Err("session_secret: use at least 16 characters".into())
@@ -147,7 +156,7 @@ impl McpCore {
             None => match std::env::var(SESSION_SECRET_ENV) {
                 Ok(s) if s.len() >= 16 => s.into_bytes(),
                 Ok(_) => return Err(format!("{SESSION_SECRET_ENV}: use at least 16 characters")),
-                Err(_) => PROCESS_SECRET.clone(),
+                Err(_) => state.generated_secret(),
             },
         };
         let client = reqwest::Client::builder()
@@ -160,6 +169,7 @@ impl McpCore {
                 &cfg.upstreams,
                 stream_paths(cfg),
                 cfg.session_ttl.0,
+                state.clone(),
             )?)
         };
         Ok(McpCore {
@@ -167,7 +177,8 @@ impl McpCore {
             path: cfg.path.clone(),
             server_name: cfg.server_name.clone(),
             allowed_origins: cfg.allowed_origins.clone(),
-            sealer: SessionSealer::new(&secret, cfg.session_ttl.0),
+            sealer: SessionSealer::new(&secret, cfg.session_ttl.0)
+                .with_terminated(state.terminated.clone()),
             max_body: cfg.max_body.0,
             max_batch: cfg.max_batch,
             page_size: cfg.page_size,
@@ -196,6 +207,7 @@ impl McpCore {
             ws_path: cfg.websocket.then(|| cfg.ws_path.clone()),
             stream_paths: stream_paths(cfg),
             tool_limits,
+            state,
         })
     }
 
@@ -207,14 +219,16 @@ impl McpCore {
         }
         let tools: Vec<&Value> = self.registry.tools.iter().map(|t| &t.descriptor).collect();
         let listing = serde_json::to_string(&tools).unwrap_or_default();
-        let previous = SERVED_TOOLS
+        let previous = self
+            .state
+            .served_tools
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(self.path.clone(), listing.clone());
         if previous.is_some_and(|p| p != listing) {
             let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
             for path in &self.stream_paths {
-                streams::HUB.broadcast(path, &note);
+                self.state.hub.broadcast(path, &note);
             }
         }
     }
@@ -232,8 +246,8 @@ impl McpCore {
         // A read refreshes a known session's idle time; only a new one costs a write.
         if !session_id.is_empty() {
             let key = session_key(&session_id);
-            if ACTIVE_SESSIONS.get(&key).is_none() {
-                ACTIVE_SESSIONS.insert(key, ());
+            if self.state.active_sessions.get(&key).is_none() {
+                self.state.active_sessions.insert(key, ());
             }
         }
         let base = self.policy.is_some().then(|| opa::input_document(req, ctx));
@@ -269,7 +283,8 @@ pub(super) fn core_for_test(mut cfg: Value) -> McpCore {
         cfg["session_secret"] = json!("a test secret of 16+ chars");
     }
     let cfg: McpConfig = serde_json::from_value(cfg).expect("a valid config");
-    McpCore::build(&cfg).expect("a valid config")
+    let none = Default::default();
+    McpCore::build(&cfg, &mut BuildContext::new(&[], &none, None)).expect("a valid config")
 }
 
 /// A caller of a session (`stateless`: of the stateless revision), for tests.
@@ -295,7 +310,8 @@ mod tests {
 
     fn refusal(cfg: Value) -> String {
         let cfg: McpConfig = serde_json::from_value(cfg).expect("a config that parses");
-        match McpCore::build(&cfg) {
+        let none = Default::default();
+        match McpCore::build(&cfg, &mut BuildContext::new(&[], &none, None)) {
             Ok(_) => panic!("built, but should have been refused"),
             Err(e) => e,
         }

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::state::{session_key, TERMINATED};
+use super::state::session_key;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -41,6 +41,8 @@ pub enum SessionError {
 pub struct SessionSealer {
     key: Vec<u8>,
     ttl: Duration,
+    /// Sessions ended by `DELETE` (shared through `McpState`, so reloads keep them ended).
+    terminated: moka::sync::Cache<[u8; 32], ()>,
 }
 
 fn unix_now() -> u64 {
@@ -55,7 +57,14 @@ impl SessionSealer {
         SessionSealer {
             key: secret.to_vec(),
             ttl,
+            terminated: moka::sync::Cache::new(1_000),
         }
+    }
+
+    /// The same sealer, recording ended sessions in `terminated` (the shared table).
+    pub fn with_terminated(mut self, terminated: moka::sync::Cache<[u8; 32], ()>) -> Self {
+        self.terminated = terminated;
+        self
     }
 
     fn mac(&self, payload: &[u8]) -> HmacSha256 {
@@ -116,7 +125,7 @@ impl SessionSealer {
         if issued_at + self.ttl.as_secs() < unix_now() {
             return Err(SessionError::Expired);
         }
-        if TERMINATED.contains_key(&session_key(id)) {
+        if self.terminated.contains_key(&session_key(id)) {
             return Err(SessionError::Terminated);
         }
         Ok(SessionState {
@@ -128,7 +137,7 @@ impl SessionSealer {
 
     /// End a session (`DELETE`): later requests with this id get 404 from this process.
     pub fn terminate(&self, id: &str) {
-        TERMINATED.insert(session_key(id), ());
+        self.terminated.insert(session_key(id), ());
     }
 }
 

@@ -1,11 +1,14 @@
-//! The process-wide state of the `mcp` filter, kept here together: what outlives one filter
-//! instance (a config reload builds a new one) or is shared by all of them. The tool list each
-//! path last served, the fallback session key, client capabilities that could not be sealed,
-//! the sessions seen recently (for the gauge), the SSE stream hub and the terminated sessions.
+//! `McpState`: what the `mcp` filters share and what outlives one filter instance (a config
+//! reload builds new ones): the tool list each path last served, the fallback session key,
+//! client capabilities that could not be sealed, the sessions seen recently (for the gauge),
+//! the SSE stream hub and the terminated sessions. A shared resource (see `crate::build`): one
+//! per process while a config has an `mcp` filter, handed to each when it is built.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use once_cell::sync::Lazy;
 use serde_json::Value;
 use tracing::warn;
 
@@ -13,68 +16,88 @@ use super::config::SESSION_SECRET_ENV;
 use super::streams::StreamHub;
 use crate::metrics::FILTER_METRICS;
 
-/// The tool list each path last served, to tell sessions when a reload changed it.
-pub(super) static SERVED_TOOLS: Lazy<std::sync::Mutex<std::collections::HashMap<String, String>>> =
-    Lazy::new(Default::default);
+pub struct McpState {
+    /// The tool list each path last served, to tell sessions when a reload changed it.
+    pub(super) served_tools: Mutex<HashMap<String, String>>,
+    /// The session key when none is configured: the same across reloads.
+    secret: OnceLock<Vec<u8>>,
+    /// Client capabilities of sessions that could not seal them (the legacy transport's
+    /// session exists before its `initialize`); that transport's sessions live in one process
+    /// anyway. Bounded by bytes (64 MiB, each entry weighed as its serialized size).
+    pub(super) unsealed_capabilities: moka::sync::Cache<String, Value>,
+    /// Sessions seen recently, for the `mcp_active_sessions` gauge (at most a million,
+    /// 32-byte keys).
+    pub(super) active_sessions: moka::sync::Cache<[u8; 32], ()>,
+    gauge_started: AtomicBool,
+    /// The SSE streams of every session, by transport path (see `streams`).
+    pub hub: StreamHub,
+    /// Sessions ended by `DELETE` (so a reload, which builds a new sealer, does not bring them
+    /// back), kept as long as a session may live (30 days at most). Keyed by the id's SHA-256,
+    /// so a million terminated sessions cost ~100 MB at most whatever their ids' length.
+    pub(super) terminated: moka::sync::Cache<[u8; 32], ()>,
+}
 
-/// The process's own session key, when none is configured: the same across reloads.
-pub(super) static PROCESS_SECRET: Lazy<Vec<u8>> = Lazy::new(|| {
-    warn!(
-        "mcp: no session_secret and no {SESSION_SECRET_ENV}: sessions are sealed with a random key \
-         and end when this process does (set one shared secret for restarts and replicas)"
-    );
-    let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
-    key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-    key
-});
-
-/// Client capabilities of sessions that could not seal them (the legacy transport's session
-/// exists before its `initialize`); that transport's sessions live in one process anyway.
-/// Bounded by bytes (64 MiB, each entry weighed as its serialized size), not only entries.
-pub(super) static UNSEALED_CAPABILITIES: Lazy<moka::sync::Cache<String, Value>> = Lazy::new(|| {
-    moka::sync::Cache::builder()
-        .weigher(|k: &String, v: &Value| {
-            let bytes = k.len() + serde_json::to_vec(v).map_or(0, |b| b.len()) + 64;
-            u32::try_from(bytes).unwrap_or(u32::MAX)
-        })
-        .max_capacity(64 << 20)
-        .time_to_idle(Duration::from_secs(24 * 3600))
-        .build()
-});
-
-/// Sessions seen recently by this process, for the `mcp_active_sessions` gauge (at most a
-/// million, 32-byte keys).
-pub(super) static ACTIVE_SESSIONS: Lazy<moka::sync::Cache<[u8; 32], ()>> = Lazy::new(|| {
-    let cache = moka::sync::Cache::builder()
-        .max_capacity(1_000_000)
-        .time_to_idle(Duration::from_secs(300))
-        .build();
-    let counted = cache.clone();
-    crate::background::handle().spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            counted.run_pending_tasks();
-            FILTER_METRICS
-                .mcp_active_sessions
-                .set(counted.entry_count() as i64);
+impl Default for McpState {
+    fn default() -> Self {
+        McpState {
+            served_tools: Mutex::default(),
+            secret: OnceLock::new(),
+            unsealed_capabilities: moka::sync::Cache::builder()
+                .weigher(|k: &String, v: &Value| {
+                    let bytes = k.len() + serde_json::to_vec(v).map_or(0, |b| b.len()) + 64;
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .max_capacity(64 << 20)
+                .time_to_idle(Duration::from_secs(24 * 3600))
+                .build(),
+            active_sessions: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(Duration::from_secs(300))
+                .build(),
+            gauge_started: AtomicBool::new(false),
+            hub: StreamHub::default(),
+            terminated: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(Duration::from_secs(30 * 24 * 3600))
+                .build(),
         }
-    });
-    cache
-});
+    }
+}
 
-/// The SSE streams of every session, by transport path (see `streams`).
-pub static HUB: Lazy<StreamHub> = Lazy::new(StreamHub::default);
+impl McpState {
+    /// The random session key used when none is configured (made, and warned about, once).
+    pub(super) fn generated_secret(&self) -> Vec<u8> {
+        self.secret
+            .get_or_init(|| {
+                warn!(
+                    "mcp: no session_secret and no {SESSION_SECRET_ENV}: sessions are sealed with a random key \
+                     and end when this process does (set one shared secret for restarts and replicas)"
+                );
+                let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
+                key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+                key
+            })
+            .clone()
+    }
 
-/// Sessions ended by `DELETE`, for the whole process (so a config reload, which builds a new
-/// sealer, does not bring them back), kept as long as a session may live (30 days at most).
-/// Keyed by the id's SHA-256, so a million terminated sessions cost ~100 MB at most whatever
-/// their ids' length.
-pub(super) static TERMINATED: Lazy<moka::sync::Cache<[u8; 32], ()>> = Lazy::new(|| {
-    moka::sync::Cache::builder()
-        .max_capacity(1_000_000)
-        .time_to_live(Duration::from_secs(30 * 24 * 3600))
-        .build()
-});
+    /// Keep `mcp_active_sessions` current while this state lives (started once).
+    pub(super) fn start_gauge(self: &Arc<Self>) {
+        if self.gauge_started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let state: Weak<McpState> = Arc::downgrade(self);
+        crate::background::handle().spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let Some(state) = state.upgrade() else { return };
+                state.active_sessions.run_pending_tasks();
+                FILTER_METRICS
+                    .mcp_active_sessions
+                    .set(state.active_sessions.entry_count() as i64);
+            }
+        });
+    }
+}
 
 /// A fixed-size key for a client-chosen session id, so a store of ids costs 32 bytes each
 /// however long the ids are.

@@ -3,7 +3,7 @@
 //! open stream of a session, each event carries an id, and the last events of each session are
 //! kept so that a client reconnecting with `Last-Event-ID` gets what it missed. Keep-alive
 //! comments at a set interval keep idle streams open through proxies and reveal dead clients.
-//! Process-wide (`HUB`, defined in `state`) so that it outlives config reloads (which rebuild
+//! Held by `McpState` (a shared resource) so that it outlives config reloads (which rebuild
 //! the `mcp` filter).
 #![deny(clippy::indexing_slicing, clippy::string_slice)]
 
@@ -16,7 +16,6 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 /// The process-wide hub, defined with the rest of the process-wide state (`state`).
-pub use super::state::HUB;
 use crate::metrics::FILTER_METRICS;
 
 /// Events kept per session for resumption.

@@ -19,8 +19,6 @@ use tokio_tungstenite::WebSocketStream;
 use super::http::{http_error, Reply};
 use super::jsonrpc::{self, INVALID_REQUEST, PARSE_ERROR};
 use super::server::{Caller, McpCore};
-use super::state::UNSEALED_CAPABILITIES;
-use super::streams;
 use super::upstream::MessageSink;
 use crate::filter::{FilterAction, LocalUpgrade};
 
@@ -140,7 +138,9 @@ impl McpCore {
                     .and_then(|b| b["result"]["protocolVersion"].as_str())
                 {
                     caller.version = version.to_string();
-                    caller.capabilities = UNSEALED_CAPABILITIES
+                    caller.capabilities = self
+                        .state
+                        .unsealed_capabilities
                         .get(&caller.session_id)
                         .unwrap_or(Value::Null);
                     if server_stream.is_none() {
@@ -204,8 +204,12 @@ impl McpCore {
         if let Some(task) = server_stream {
             task.abort();
         }
-        streams::HUB.close(&caller.stream_path, &caller.session_id);
-        UNSEALED_CAPABILITIES.invalidate(&caller.session_id);
+        self.state
+            .hub
+            .close(&caller.stream_path, &caller.session_id);
+        self.state
+            .unsealed_capabilities
+            .invalidate(&caller.session_id);
         if let Some(fed) = self.federation.clone() {
             fed.close_client(&caller.session_id).await;
         }
@@ -221,7 +225,7 @@ impl McpCore {
         caller: &Caller,
         out: mpsc::Sender<Message>,
     ) -> tokio::task::JoinHandle<()> {
-        let mut events = streams::HUB.open(
+        let mut events = self.state.hub.open(
             &caller.stream_path,
             &caller.session_id,
             None,

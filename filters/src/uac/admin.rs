@@ -112,7 +112,7 @@ async fn handle(obs: &ShadowVersion, req: &AdminRequest<'_>) -> Reply {
             None => Ok(error(400, "the `api` query parameter names the contract")),
             Some(api) => audit("export_openapi", &api).and_then(|_| {
                 openapi(
-                    &obs,
+                    obs,
                     &api,
                     req.param("format").as_deref(),
                     req.param("source").as_deref(),
