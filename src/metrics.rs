@@ -24,6 +24,8 @@ pub struct Metrics {
 }
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
+    // The filters' families too, so `/metrics` lists them from the start.
+    stoa_filters::registry::register_metrics();
     let registry = Registry::new();
     let requests = register_int_counter_vec_with_registry!(
         "stoa_requests_total",
@@ -116,23 +118,11 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
 });
 
 impl Metrics {
-    /// The registry in Prometheus text format, plus the access-log drop counter.
+    /// The registries in Prometheus text format, plus the suppressed-log-lines counter.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(8192);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        let _ = TextEncoder::new().encode(
-            &stoa_filters::metrics::FILTER_METRICS.registry.gather(),
-            &mut buf,
-        );
-        let dropped =
-            stoa_filters::access_log::ACCESS_LOG_DROPPED.load(std::sync::atomic::Ordering::Relaxed);
-        buf.extend_from_slice(
-            format!(
-                "# HELP stoa_access_log_dropped_total Access-log lines dropped because the writer was behind\n\
-                 # TYPE stoa_access_log_dropped_total counter\nstoa_access_log_dropped_total {dropped}\n"
-            )
-            .as_bytes(),
-        );
+        let _ = TextEncoder::new().encode(&stoa_filters::metrics::REGISTRY.gather(), &mut buf);
         let suppressed =
             crate::logging::LINES_SUPPRESSED.load(std::sync::atomic::Ordering::Relaxed);
         buf.extend_from_slice(

@@ -6,7 +6,6 @@
 //! credential header.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use std::time::Duration;
@@ -18,8 +17,16 @@ use serde::{Deserialize, Serialize};
 use crate::context::RequestCtx;
 use crate::filter::{phase, Filter};
 
-/// Access-log lines dropped because the writer could not keep up.
-pub static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
+/// `stoa_access_log_dropped_total`: access-log lines dropped because the writer was behind
+/// (in the filters' process-wide registry).
+static DROPPED: once_cell::sync::Lazy<prometheus::IntCounter> = once_cell::sync::Lazy::new(|| {
+    prometheus::register_int_counter_with_registry!(
+        "stoa_access_log_dropped_total",
+        "Access-log lines dropped because the writer was behind",
+        crate::metrics::REGISTRY
+    )
+    .expect("each metric family is registered once")
+});
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const FLUSH_AT_BYTES: usize = 64 * 1024;
@@ -210,7 +217,7 @@ impl Filter for AccessLog {
         };
         let mut guard = batch.lines.lock().unwrap_or_else(|p| p.into_inner());
         if guard.len() >= self.cap {
-            ACCESS_LOG_DROPPED.fetch_add(1, Ordering::Relaxed);
+            DROPPED.inc();
             return;
         }
         if serde_json::to_writer(&mut *guard, &line).is_ok() {
@@ -231,5 +238,9 @@ impl crate::build::BuildFilter for AccessLog {
         _bctx: &mut crate::build::BuildContext,
     ) -> std::result::Result<Self, String> {
         AccessLog::build(cfg)
+    }
+
+    fn register_metrics() {
+        once_cell::sync::Lazy::force(&DROPPED);
     }
 }

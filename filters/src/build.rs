@@ -39,6 +39,9 @@ pub trait BuildFilter: Filter + Sized + 'static {
         false
     }
 
+    /// Register this filter's metrics (so `/metrics` lists them before first use).
+    fn register_metrics() {}
+
     /// Directories whose files the entry reads when it is built: a change there reloads the
     /// config like an edit of the file does.
     fn watched_dirs(_cfg: &Self::Config) -> Vec<PathBuf> {

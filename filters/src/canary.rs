@@ -22,7 +22,6 @@ use crate::admin::{AdminEndpoint, AdminReply, AdminRequest};
 use crate::build::BuildContext;
 use crate::context::RequestCtx;
 use crate::filter::{phase, Filter, FilterAction};
-use crate::metrics::FILTER_METRICS;
 use crate::template::Template;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -67,10 +66,7 @@ impl Weight {
 
     fn set(&self, name: &str, weight: f64) {
         self.live.store(weight.to_bits(), Ordering::Relaxed);
-        FILTER_METRICS
-            .canary_weight
-            .with_label_values(&[name])
-            .set(weight);
+        METRICS.canary_weight.with_label_values(&[name]).set(weight);
     }
 }
 
@@ -267,11 +263,11 @@ impl Filter for Canary {
             s if s >= 400 => "4xx",
             _ => "ok",
         };
-        FILTER_METRICS
+        METRICS
             .canary_requests
             .with_label_values(&[&self.name, side, class])
             .inc();
-        FILTER_METRICS
+        METRICS
             .canary_duration
             .with_label_values(&[&self.name, side])
             .observe(ctx.started.elapsed().as_secs_f64());
@@ -288,7 +284,47 @@ impl crate::build::BuildFilter for Canary {
     ) -> std::result::Result<Self, String> {
         Canary::build(cfg, bctx)
     }
+
+    fn register_metrics() {
+        once_cell::sync::Lazy::force(&METRICS);
+    }
 }
+
+/// The `canary` metrics, in the filters' registry (`crate::metrics::REGISTRY`).
+pub struct CanaryMetrics {
+    /// `stoa_canary_weight{canary}`: the share of traffic (percent) sent to the candidate.
+    pub canary_weight: prometheus::GaugeVec,
+    /// `stoa_canary_requests_total{canary,backend,status}`: requests by the side that served
+    /// them (`primary`, `candidate`) and status class (`ok`, `4xx`, `5xx`, `none`).
+    pub canary_requests: prometheus::IntCounterVec,
+    /// `stoa_canary_request_duration_seconds{canary,backend}`.
+    pub canary_duration: prometheus::HistogramVec,
+}
+
+/// Registered once, in the process-wide registry (metric families are per process).
+pub static METRICS: once_cell::sync::Lazy<CanaryMetrics> =
+    once_cell::sync::Lazy::new(|| CanaryMetrics {
+        canary_weight: prometheus::register_gauge_vec_with_registry!(
+            "stoa_canary_weight",
+            "Share of traffic (percent) the canary filter sends to its candidate cluster",
+            &["canary"],
+            crate::metrics::REGISTRY
+        )
+        .expect("metric"),
+        canary_requests: crate::metrics::counter_vec(
+            "stoa_canary_requests_total",
+            "Requests through a canary filter, by the side that served them and status class",
+            &["canary", "backend", "status"],
+        ),
+        canary_duration: prometheus::register_histogram_vec_with_registry!(
+            "stoa_canary_request_duration_seconds",
+            "Request duration through a canary filter, by the side that served it",
+            &["canary", "backend"],
+            vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            crate::metrics::REGISTRY
+        )
+        .expect("metric"),
+    });
 
 #[cfg(test)]
 mod tests {

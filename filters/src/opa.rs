@@ -25,7 +25,6 @@ use crate::build::BuildContext;
 use crate::context::{PolicyLog, RequestCtx};
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
 use crate::headers::CREDENTIAL_HEADERS;
-use crate::metrics::FILTER_METRICS;
 use crate::units::HumanDuration;
 
 /// The environment variable naming an external OPA server, for `opa` filters that set neither
@@ -564,7 +563,7 @@ impl Opa {
                 "error"
             }
         };
-        FILTER_METRICS
+        METRICS
             .opa_decisions
             .with_label_values(&[self.engine_label(), result])
             .inc();
@@ -701,7 +700,26 @@ impl crate::build::BuildFilter for Opa {
     ) -> std::result::Result<Self, String> {
         Opa::new(cfg, bctx)
     }
+
+    fn register_metrics() {
+        once_cell::sync::Lazy::force(&METRICS);
+    }
 }
+
+/// The `opa` metrics, in the filters' registry (`crate::metrics::REGISTRY`).
+pub struct OpaMetrics {
+    /// `stoa_opa_decisions_total{engine,result}`: allow, deny or error.
+    pub opa_decisions: prometheus::IntCounterVec,
+}
+
+/// Registered once, in the process-wide registry (metric families are per process).
+pub static METRICS: once_cell::sync::Lazy<OpaMetrics> = once_cell::sync::Lazy::new(|| OpaMetrics {
+    opa_decisions: crate::metrics::counter_vec(
+        "stoa_opa_decisions_total",
+        "Policy decisions of the opa filter, by engine (embedded or external) and result",
+        &["engine", "result"],
+    ),
+});
 
 #[cfg(test)]
 mod tests {

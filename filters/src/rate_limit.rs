@@ -28,7 +28,6 @@ use tracing::warn;
 use crate::build::BuildContext;
 use crate::context::RequestCtx;
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
-use crate::metrics::FILTER_METRICS;
 use crate::template::Template;
 use crate::units::HumanDuration;
 
@@ -362,7 +361,7 @@ impl RedisLimiter {
             FailureMode::FailOpen => "fail_open",
             FailureMode::FailClosed => "fail_closed",
         };
-        FILTER_METRICS
+        METRICS
             .rate_limit_backend_failures
             .with_label_values(&[mode])
             .inc();
@@ -420,7 +419,7 @@ pub async fn charge_extra(ctx: &RequestCtx, extra: usize) -> bool {
     for charge in all {
         for _ in 0..extra {
             if !admit_keys(&charge.keys, charge.redis.as_deref()).await {
-                FILTER_METRICS
+                METRICS
                     .rate_limit_decisions
                     .with_label_values(&["batch", "limited"])
                     .inc();
@@ -670,7 +669,7 @@ impl Filter for RateLimit {
                 }
             },
         };
-        let m = &FILTER_METRICS.rate_limit_decisions;
+        let m = &METRICS.rate_limit_decisions;
         let refused = outcomes.iter().any(|o| !o.allowed);
         for ((l, _), o) in keys.iter().zip(&outcomes) {
             let result = match (o.allowed, self.dry_run) {
@@ -739,7 +738,34 @@ impl crate::build::BuildFilter for RateLimit {
     fn build(cfg: &RateLimitConfig, bctx: &mut BuildContext) -> std::result::Result<Self, String> {
         RateLimit::new(cfg, bctx)
     }
+
+    fn register_metrics() {
+        once_cell::sync::Lazy::force(&METRICS);
+    }
 }
+
+/// The `rate_limit` metrics, in the filters' registry (`crate::metrics::REGISTRY`).
+pub struct RateLimitMetrics {
+    /// `stoa_rate_limit_decisions_total{limit,result}`: allowed, limited, dry_run_limited.
+    pub rate_limit_decisions: prometheus::IntCounterVec,
+    /// `stoa_rate_limit_backend_failures_total{mode}`: Redis errors or timeouts, by fail mode.
+    pub rate_limit_backend_failures: prometheus::IntCounterVec,
+}
+
+/// Registered once, in the process-wide registry (metric families are per process).
+pub static METRICS: once_cell::sync::Lazy<RateLimitMetrics> =
+    once_cell::sync::Lazy::new(|| RateLimitMetrics {
+        rate_limit_decisions: crate::metrics::counter_vec(
+            "stoa_rate_limit_decisions_total",
+            "Rate-limit checks, by limit name and result",
+            &["limit", "result"],
+        ),
+        rate_limit_backend_failures: crate::metrics::counter_vec(
+            "stoa_rate_limit_backend_failures_total",
+            "Rate-limit checks Redis could not answer in time, by the fail mode applied",
+            &["mode"],
+        ),
+    });
 
 #[cfg(test)]
 mod tests {

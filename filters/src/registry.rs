@@ -27,6 +27,11 @@ macro_rules! filters {
         /// The filter type names the registry knows.
         pub const FILTER_TYPES: &[&str] = &[$(<$filter as BuildFilter>::TYPE,)*];
 
+        /// Register every filter's metrics (see `BuildFilter::register_metrics`).
+        pub fn register_metrics() {
+            $(<$filter as BuildFilter>::register_metrics();)*
+        }
+
         impl FilterConfig {
             pub fn type_name(&self) -> &'static str {
                 match self {

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::config::JwtConfig;
 use super::verify::{is_hmac, KeyRules};
 use crate::build::BuildContext;
-use crate::metrics::FILTER_METRICS;
+use crate::jwt::metrics::METRICS;
 
 /// One verification key with the validation rules it may be used with.
 pub(super) struct VerifyKey {
@@ -96,18 +96,12 @@ impl RemoteKeys {
                 info!(source = ?self.source, keys = keys.len(), "signing keys fetched");
                 self.jwks
                     .store(Arc::new((generation, Some(Instant::now()), keys)));
-                FILTER_METRICS
-                    .jwks_refreshes
-                    .with_label_values(&["ok"])
-                    .inc();
+                METRICS.jwks_refreshes.with_label_values(&["ok"]).inc();
                 true
             }
             Err(e) => {
                 warn!(source = ?self.source, error = %e, "could not fetch signing keys; keeping the cached ones");
-                FILTER_METRICS
-                    .jwks_refreshes
-                    .with_label_values(&["error"])
-                    .inc();
+                METRICS.jwks_refreshes.with_label_values(&["error"]).inc();
                 false
             }
         }

@@ -9,6 +9,7 @@
 mod config;
 mod identity;
 mod jwks;
+pub mod metrics;
 mod verify;
 
 use async_trait::async_trait;
@@ -21,7 +22,7 @@ use pingora_proxy::Session;
 use crate::build::{BuildContext, BuildFilter};
 use crate::context::{RequestCtx, RouteAuth};
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
-use crate::metrics::FILTER_METRICS;
+use crate::jwt::metrics::METRICS;
 use crate::protected_resource::ProtectedResource;
 use identity::{has_all, ForwardedClaim};
 use jwks::KeyStore;
@@ -234,7 +235,7 @@ impl Filter for Jwt {
             None => Verdict::Missing,
             Some(token) => self.verify(token).await,
         };
-        let m = &FILTER_METRICS.jwt_validations;
+        let m = &METRICS.jwt_validations;
         let (identity, cached) = match verdict {
             Verdict::Ok(identity, cached) => (identity, cached),
             Verdict::Missing if auth == RouteAuth::Optional => {
@@ -350,5 +351,9 @@ impl BuildFilter for Jwt {
 
     fn build(cfg: &JwtConfig, bctx: &mut BuildContext) -> std::result::Result<Self, String> {
         Jwt::build(cfg, bctx)
+    }
+
+    fn register_metrics() {
+        once_cell::sync::Lazy::force(&crate::jwt::metrics::METRICS);
     }
 }

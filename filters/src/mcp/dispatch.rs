@@ -13,7 +13,7 @@ use super::http::{Reply, SESSION_HEADER};
 use super::jsonrpc::{self, Incoming, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND};
 use super::server::{Caller, McpCore};
 use super::upstream::MessageSink;
-use crate::metrics::FILTER_METRICS;
+use crate::mcp::metrics::METRICS;
 
 /// Protocol versions negotiated by `initialize`, oldest first.
 pub const PROTOCOL_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
@@ -146,7 +146,7 @@ impl McpCore {
     }
 
     pub(super) fn count(&self, method: &str, tool: &str, status: &str) {
-        FILTER_METRICS
+        METRICS
             .mcp_requests
             .with_label_values(&[method_label(method), tool, status])
             .inc();

@@ -22,7 +22,7 @@ use super::jsonrpc::{self, INTERNAL_ERROR};
 use super::upstream::{
     is_response, Endpoint, MessageSink, Transport, UpstreamError, UpstreamSession,
 };
-use crate::metrics::FILTER_METRICS;
+use crate::mcp::metrics::METRICS;
 use crate::units::HumanDuration;
 
 /// The prefix of the ids the gateway gives to an upstream's requests to a client.
@@ -159,7 +159,7 @@ impl Upstream {
     }
 
     fn count(&self, method: &str, status: &str) {
-        FILTER_METRICS
+        METRICS
             .mcp_upstream_requests
             .with_label_values(&[&self.cfg.name, method, status])
             .inc();
@@ -755,7 +755,7 @@ async fn catalog_task(federation: Weak<Federation>, index: usize) {
                     info!(upstream = %u.cfg.name, tools = catalog.tools.len(), "mcp: upstream up");
                 }
                 u.catalog.store(Arc::new(catalog));
-                FILTER_METRICS
+                METRICS
                     .mcp_upstream_up
                     .with_label_values(&[&u.cfg.name])
                     .set(1);
@@ -808,7 +808,7 @@ fn note_down(u: &Upstream, e: &UpstreamError) {
     if u.up.swap(false, Ordering::Relaxed) || failures == 3 {
         warn!(upstream = %u.cfg.name, error = %e, "mcp: upstream down; its tools, prompts and resources are hidden until it answers");
     }
-    FILTER_METRICS
+    METRICS
         .mcp_upstream_up
         .with_label_values(&[&u.cfg.name])
         .set(0);

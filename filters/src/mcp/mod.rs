@@ -19,6 +19,7 @@ pub mod federation;
 mod http;
 pub mod jsonrpc;
 mod legacy;
+pub mod metrics;
 mod relay;
 mod server;
 pub mod session;
@@ -98,5 +99,9 @@ impl BuildFilter for Mcp {
             .iter()
             .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| std::path::PathBuf::from(d)))
             .collect()
+    }
+
+    fn register_metrics() {
+        once_cell::sync::Lazy::force(&crate::mcp::metrics::METRICS);
     }
 }

@@ -14,7 +14,7 @@ use tracing::warn;
 
 use super::config::SESSION_SECRET_ENV;
 use super::streams::StreamHub;
-use crate::metrics::FILTER_METRICS;
+use crate::mcp::metrics::METRICS;
 
 pub struct McpState {
     /// The tool list each path last served, to tell sessions when a reload changed it.
@@ -91,7 +91,7 @@ impl McpState {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let Some(state) = state.upgrade() else { return };
                 state.active_sessions.run_pending_tasks();
-                FILTER_METRICS
+                METRICS
                     .mcp_active_sessions
                     .set(state.active_sessions.entry_count() as i64);
             }

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 /// The process-wide hub, defined with the rest of the process-wide state (`state`).
-use crate::metrics::FILTER_METRICS;
+use crate::mcp::metrics::METRICS;
 
 /// Events kept per session for resumption.
 const REPLAY: usize = 64;
@@ -112,7 +112,7 @@ impl StreamHub {
         // task ends with it, or when a write finds the client gone.
         let weak = tx.downgrade();
         drop(tx);
-        FILTER_METRICS.mcp_streams.inc();
+        METRICS.mcp_streams.inc();
         crate::background::handle().spawn(async move {
             loop {
                 tokio::time::sleep(keepalive).await;
@@ -125,7 +125,7 @@ impl StreamHub {
                     break;
                 }
             }
-            FILTER_METRICS.mcp_streams.dec();
+            METRICS.mcp_streams.dec();
         });
         rx
     }
@@ -141,7 +141,7 @@ impl StreamHub {
                 s.live() > 0 || s.idle_since.is_some_and(|t| t.elapsed() < KEEP_IDLE)
             });
             if sessions.len() >= MAX_SESSIONS {
-                FILTER_METRICS
+                METRICS
                     .mcp_dropped
                     .with_label_values(&["stream_session"])
                     .inc();
@@ -154,7 +154,7 @@ impl StreamHub {
     fn send(s: &mut SessionStreams, message: &Value) {
         s.next_id += 1;
         let ev = event(s.next_id, message);
-        let dropped = &FILTER_METRICS.mcp_dropped;
+        let dropped = &METRICS.mcp_dropped;
         if ev.len() > REPLAY_BYTES {
             // Sent live, but too big to keep for a resume.
             dropped.with_label_values(&["replay_event"]).inc();

@@ -16,7 +16,7 @@ use super::jsonrpc::{self, INVALID_PARAMS};
 use super::server::{Caller, McpCore};
 use super::tools;
 use super::upstream::MessageSink;
-use crate::metrics::FILTER_METRICS;
+use crate::mcp::metrics::METRICS;
 
 /// Calls in flight, by session and JSON-RPC id, so `notifications/cancelled` can abort them
 /// (and tell the federated upstream serving one, by its index).
@@ -194,7 +194,7 @@ impl McpCore {
         });
         if let (Some(cache), Some(key)) = (&self.results, &cache_key) {
             let hit = cache.get(key);
-            FILTER_METRICS
+            METRICS
                 .mcp_tool_cache
                 .with_label_values(&[name, if hit.is_some() { "hit" } else { "miss" }])
                 .inc();
@@ -214,7 +214,7 @@ impl McpCore {
                 let mut forwarded = message.clone();
                 forwarded["params"]["name"] = json!(original);
                 let answer = self.relay(index, caller, forwarded, related).await;
-                FILTER_METRICS
+                METRICS
                     .mcp_tool_duration
                     .with_label_values(&[name])
                     .observe(started.elapsed().as_secs_f64());
@@ -234,7 +234,7 @@ impl McpCore {
             }
             (None, None) => unreachable!("checked above"),
         };
-        FILTER_METRICS
+        METRICS
             .mcp_tool_duration
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());

@@ -103,7 +103,7 @@ impl McpCore {
             let out = out.clone();
             Arc::new(move |m: Value| {
                 if out.try_send(Message::text(m.to_string())).is_err() {
-                    crate::metrics::FILTER_METRICS
+                    crate::mcp::metrics::METRICS
                         .mcp_dropped
                         .with_label_values(&["notification"])
                         .inc();

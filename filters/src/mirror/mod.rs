@@ -11,6 +11,7 @@
 //! and do not make a mismatch (see `noise`).
 
 pub mod compare;
+pub mod metrics;
 pub mod noise;
 pub mod report;
 
@@ -32,7 +33,7 @@ use crate::build::BuildContext;
 use crate::context::RequestCtx;
 use crate::exchange::{header_pairs, Exchange, EXCHANGE_PHASES};
 use crate::filter::{Filter, FilterAction};
-use crate::metrics::FILTER_METRICS;
+use crate::mirror::metrics::METRICS;
 use crate::template::Template;
 use crate::units::{ByteSize, HumanDuration};
 use compare::{Comparator, CompareConfig, Difference, Observed};
@@ -258,7 +259,7 @@ impl Mirror {
     }
 
     fn skipped(route: &str, reason: &str) {
-        FILTER_METRICS
+        METRICS
             .shadow_skipped
             .with_label_values(&[route, reason])
             .inc();
@@ -477,13 +478,13 @@ impl Shot {
             Err(status) => status,
         };
         self.report.record_outcome(&self.route, outcome(&candidate));
-        FILTER_METRICS
+        METRICS
             .shadow_requests
             .with_label_values(&[&self.route, outcome(&candidate)])
             .inc();
         if let Some(b) = &baseline {
             self.report.noise.record_baseline(&self.route, outcome(b));
-            FILTER_METRICS
+            METRICS
                 .shadow_baseline_requests
                 .with_label_values(&[&self.route, outcome(b)])
                 .inc();
@@ -504,7 +505,7 @@ impl Shot {
                     .noise
                     .separate(&self.route, differences, noise_now.as_deref(), margin);
             for d in &noise {
-                FILTER_METRICS
+                METRICS
                     .shadow_noise_differences
                     .with_label_values(&[&self.route, &field_label(&d.field)])
                     .inc();
@@ -523,7 +524,7 @@ impl Shot {
         } else {
             "mismatch"
         };
-        FILTER_METRICS
+        METRICS
             .shadow_matches
             .with_label_values(&[&self.route, result])
             .inc();
@@ -535,7 +536,7 @@ impl Shot {
     /// One JSON line per mismatch: `grep "Shadow MISMATCH" | jq '.path'` works.
     fn log_mismatch(&self, differences: &[Difference]) {
         for d in differences {
-            FILTER_METRICS
+            METRICS
                 .shadow_field_differences
                 .with_label_values(&[&self.route, &field_label(&d.field)])
                 .inc();
@@ -561,6 +562,10 @@ impl crate::build::BuildFilter for Mirror {
 
     fn build(cfg: &MirrorConfig, bctx: &mut BuildContext) -> std::result::Result<Self, String> {
         Mirror::build(cfg, bctx)
+    }
+
+    fn register_metrics() {
+        once_cell::sync::Lazy::force(&crate::mirror::metrics::METRICS);
     }
 }
 

@@ -18,7 +18,7 @@ use crate::build::{BuildContext, BuildFilter};
 use crate::context::RequestCtx;
 use crate::exchange::{Exchange, EXCHANGE_PHASES};
 use crate::filter::{Filter, FilterAction};
-use crate::metrics::FILTER_METRICS;
+use crate::uac::metrics::METRICS;
 
 /// The exchange a captured request gathers (its own type in the extensions, so a chain can
 /// also hold a `mirror`).
@@ -63,11 +63,15 @@ impl BuildFilter for ShadowCapture {
             .ok_or(NEEDS_SHADOW_SECTION)?;
         Ok(ShadowCapture { shadow })
     }
+
+    fn register_metrics() {
+        once_cell::sync::Lazy::force(&crate::uac::metrics::METRICS);
+    }
 }
 
 impl ShadowCapture {
     fn counted(api: &str, result: &str) {
-        FILTER_METRICS
+        METRICS
             .shadow_captures
             .with_label_values(&[api, result])
             .inc();

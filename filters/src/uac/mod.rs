@@ -12,6 +12,7 @@ mod capture;
 mod config;
 pub mod contract;
 pub mod infer;
+pub mod metrics;
 mod observatory;
 pub mod pii;
 pub mod store;

@@ -21,7 +21,7 @@ use super::store::{now_ms, Sample, Store};
 use super::{contract, validate};
 use crate::build::BuildContext;
 use crate::exchange::{header, Exchange};
-use crate::metrics::FILTER_METRICS;
+use crate::uac::metrics::METRICS;
 
 /// One config version's `shadow:` settings, as the filters, the worker and `/uac` read them.
 pub(super) struct Settings {
@@ -245,7 +245,7 @@ fn run_worker(store: &Store, serving: &ArcSwap<Settings>, rx: Receiver<Raw>) {
             let before = now_ms() - retention.as_millis() as i64;
             match store.purge(before) {
                 Ok(n) if n > 0 => {
-                    FILTER_METRICS.shadow_purged.inc_by(n as u64);
+                    METRICS.shadow_purged.inc_by(n as u64);
                     info!(samples = n, "shadow retention: purged");
                 }
                 Ok(_) => {}

@@ -139,7 +139,7 @@ impl Store {
             rounds += 1;
         }
         if rounds > 0 {
-            crate::metrics::FILTER_METRICS
+            crate::uac::metrics::METRICS
                 .shadow_store_evictions
                 .inc_by(rounds);
             conn.execute_batch("PRAGMA incremental_vacuum;")

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::context::RequestCtx;
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
-use crate::metrics::FILTER_METRICS;
+use crate::uac::metrics::METRICS;
 
 /// Bodies are checked up to Pingora's retry buffer, which replays them upstream.
 const MAX_CHECKED_BODY: usize = 64 * 1024;
@@ -213,11 +213,15 @@ impl crate::build::BuildFilter for UacValidation {
             shadow,
         })
     }
+
+    fn register_metrics() {
+        once_cell::sync::Lazy::force(&crate::uac::metrics::METRICS);
+    }
 }
 
 impl UacValidation {
     fn count(&self, kind: &str) {
-        FILTER_METRICS
+        METRICS
             .uac_violations
             .with_label_values(&[&self.contract, kind])
             .inc();
