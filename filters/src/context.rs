@@ -42,10 +42,10 @@ pub struct Identity {
     pub claims: serde_json::Value,
     /// The token's `exp` (unix seconds).
     pub expires_at: u64,
-    /// The identity's part of a policy input (`token`, `subject`, `tenant`, `roles`, `scopes`)
-    /// as a Rego object, built by the `opa` filter on first use and then shared by every
-    /// request that reuses this identity through the token cache.
-    pub policy_input: std::sync::OnceLock<regorus::Value>,
+    /// What a filter derives from this identity once and then shares with every request that
+    /// reuses it through the token cache (the `opa` filter keeps the identity's part of its
+    /// policy input here). Its type is the filter's own business.
+    pub derived: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Identity {

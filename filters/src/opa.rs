@@ -400,19 +400,31 @@ pub fn input_document(req: &RequestHeader, ctx: &RequestCtx) -> Rego {
         Rego::from("route"),
         opt(ctx.route.as_ref().map(|r| &*r.route)),
     );
-    let identity = match ctx.identity.as_deref() {
-        Some(identity) => identity.policy_input.get_or_init(|| {
-            let list = |l: &[String]| {
-                Rego::from(l.iter().map(|s| Rego::from(s.as_str())).collect::<Vec<_>>())
-            };
-            rego_object([
-                ("token", Rego::from(identity.claims.clone())),
-                ("subject", opt(identity.subject.as_deref())),
-                ("tenant", opt(identity.tenant.as_deref())),
-                ("roles", list(&identity.roles)),
-                ("scopes", list(&identity.scopes)),
-            ])
-        }),
+    let identity_input = |identity: &crate::context::Identity| {
+        let list =
+            |l: &[String]| Rego::from(l.iter().map(|s| Rego::from(s.as_str())).collect::<Vec<_>>());
+        rego_object([
+            ("token", Rego::from(identity.claims.clone())),
+            ("subject", opt(identity.subject.as_deref())),
+            ("tenant", opt(identity.tenant.as_deref())),
+            ("roles", list(&identity.roles)),
+            ("scopes", list(&identity.scopes)),
+        ])
+    };
+    let fresh;
+    let identity: &Rego = match ctx.identity.as_deref() {
+        Some(identity) => {
+            let derived = identity
+                .derived
+                .get_or_init(|| std::sync::Arc::new(identity_input(identity)));
+            match derived.downcast_ref::<Rego>() {
+                Some(cached) => cached,
+                None => {
+                    fresh = identity_input(identity);
+                    &fresh
+                }
+            }
+        }
         None => &ANONYMOUS,
     };
     if let Ok(fields) = identity.as_object() {

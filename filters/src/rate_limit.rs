@@ -40,7 +40,7 @@ pub struct RateLimitConfig {
     /// Shorthand for a limit named `per_second`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<u32>,
-    /// Shorthand for a limit named `per_minute` (seed 004's `requests_per_minute: 1000`).
+    /// Shorthand for a limit named `per_minute` (e.g. `requests_per_minute: 1000`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u32>,
     /// Burst of the `requests_per_second` shorthand (default: the rate itself).

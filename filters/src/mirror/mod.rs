@@ -4,7 +4,7 @@
 //! the idle-priority runtime, so copies only use spare CPU), with its own timeout and a cap on
 //! copies in flight, so a slow or dead candidate changes nothing for the client. Requests are sampled by a deterministic hash of a configurable key; methods
 //! that are not idempotent are mirrored only on the routes that allow it; copies carry a marker
-//! header; bodies over `max_body` are counted as skipped. Outcomes are the runbook's metrics
+//! header; bodies over `max_body` are counted as skipped. Outcomes are the migration dashboards' metrics
 //! (`mcp_shadow_requests_total{route,status}`, `mcp_shadow_match_total{route,result}`) plus the
 //! fields that differed, and each mismatch logs one `Shadow MISMATCH` JSON line. With a
 //! `baseline` (a second instance of the primary), differences the baseline shows too are noise
@@ -39,7 +39,7 @@ use crate::units::{ByteSize, HumanDuration};
 use compare::{Comparator, CompareConfig, Difference, Observed};
 use report::Report;
 
-/// The runbook's switch and candidate URL (Phase 1: `SHADOW_MODE_ENABLED=true`,
+/// The environment switch and candidate URL of a migration's mirroring step (`SHADOW_MODE_ENABLED=true`,
 /// `SHADOW_RUST_GATEWAY_URL=http://…`).
 pub const SHADOW_ENABLED_ENV: &str = "SHADOW_MODE_ENABLED";
 pub const SHADOW_URL_ENV: &str = "SHADOW_RUST_GATEWAY_URL";
@@ -121,7 +121,7 @@ fn default_marker() -> String {
 }
 
 impl MirrorConfig {
-    /// `--mirror URL` / the runbook's environment: every request (idempotent methods) to `url`.
+    /// `--mirror URL` / the mirroring environment variables: every request (idempotent methods) to `url`.
     pub fn for_url(url: &str) -> Self {
         MirrorConfig {
             url: url.to_string(),

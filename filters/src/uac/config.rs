@@ -242,7 +242,7 @@ impl ShadowConfig {
         let r = self.retention.0;
         if r.is_zero() || r > MAX_RETENTION {
             return Err(format!(
-                "retention: between 1s and 30d (seed 004), not {:.1} days",
+                "retention: between 1s and 30d (the longest captured samples may be kept), not {:.1} days",
                 r.as_secs_f64() / 86_400.0
             ));
         }

@@ -1,5 +1,5 @@
-//! The `uac_validation` filter: requests checked against an approved contract (seed 004's
-//! transition from shadow to proxy). A request must match one of the contract's operations
+//! The `uac_validation` filter: requests checked against an approved contract (the
+//! step from observing an API in shadow mode to enforcing its contract in proxy mode). A request must match one of the contract's operations
 //! (method and path template), its path parameters and query parameters must have their
 //! types (required ones present), and a JSON body its schema. In `enforce` mode a violation
 //! gets 400 with the violations; in `observe` mode it is only counted
