@@ -62,6 +62,7 @@ fn main() {
         mode: cli.mode,
         mirror: mirror_target(&cli),
         // `opa` filters without `policy`/`endpoint` ask this server.
+        // `--check` builds the config to validate it: filters create nothing.
         filter_settings: cli
             .opa_endpoint
             .iter()
@@ -71,6 +72,12 @@ fn main() {
                     e.clone(),
                 )
             })
+            .chain(cli.check.then(|| {
+                (
+                    stoa_filters::build::CHECK_ONLY_SETTING.to_string(),
+                    "true".to_string(),
+                )
+            }))
             .collect(),
     };
 

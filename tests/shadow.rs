@@ -781,3 +781,39 @@ fn bad_shadow_settings_are_config_errors_with_key_and_line() {
         assert!(err.contains(line), "{line}: {err}");
     }
 }
+
+/// `--check` validates the store path without creating anything: a store under a regular file
+/// is refused, a store in a directory that does not exist yet is fine and is not created.
+#[test]
+fn check_validates_the_store_path_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("plain-file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let config = |store: &std::path::Path| {
+        format!(
+            "gateway:\n  mode: shadow\nlisteners:\n  - {{ name: l, address: \"127.0.0.1:1\", chains: [c] }}\nchains:\n  c: [{{ type: router, routes: [{{ name: r, match: {{ path_prefix: / }}, cluster: b }}] }}]\nclusters:\n  b: {{ endpoints: [\"127.0.0.1:2\"] }}\nshadow:\n  opt_in: [{{ name: erp }}]\n  store: {{ path: \"{}\" }}\n",
+            store.display()
+        )
+    };
+    let file = dir.path().join("good.yaml");
+    let fresh = dir.path().join("later").join("shadow.db");
+    std::fs::write(&file, config(&fresh)).unwrap();
+    let (status, out, err) = run_to_end(
+        &["--check", "-c", file.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        !dir.path().join("later").exists(),
+        "--check created the store"
+    );
+
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, config(&not_a_dir.join("shadow.db"))).unwrap();
+    let (status, out, err) = run_to_end(
+        &["--check", "-c", file.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert!(!status.success(), "{out}");
+    assert!(err.contains("is not a directory"), "{err}");
+}

@@ -49,6 +49,10 @@ pub trait BuildFilter: Filter + Sized + 'static {
     }
 }
 
+/// The `BuildContext::settings` key set by `--check`: the version is built to be validated,
+/// never served, so filters check what they would open (files, stores) without creating it.
+pub const CHECK_ONLY_SETTING: &str = "config.check_only";
+
 /// Everything a filter may use while it is built.
 pub struct BuildContext<'a> {
     /// The clusters the config declares (empty: not checked, e.g. in benchmarks).
@@ -90,6 +94,11 @@ impl<'a> BuildContext<'a> {
             admin: Vec::new(),
             on_activate: Vec::new(),
         }
+    }
+
+    /// Built by `--check`: validate, create nothing (see `CHECK_ONLY_SETTING`).
+    pub fn check_only(&self) -> bool {
+        self.settings.contains_key(CHECK_ONLY_SETTING)
     }
 
     /// A context for a filter built on its own (benchmarks, unit tests): no clusters to check,

@@ -53,13 +53,21 @@ fn default_key() -> String {
 
 /// A canary's live weight (percent, as `f64` bits) and the weight its config last set: a
 /// shared resource keyed by the canary's name, so it outlives reloads that keep the canary.
-#[derive(Default)]
 struct Weight {
     live: AtomicU64,
     configured: Mutex<Option<f64>>,
 }
 
 impl Weight {
+    /// A canary seen for the first time starts at its config's weight at once (its first
+    /// requests may arrive before the version is told it serves).
+    fn configured_at(weight: f64) -> Self {
+        Weight {
+            live: AtomicU64::new(weight.to_bits()),
+            configured: Mutex::new(Some(weight)),
+        }
+    }
+
     fn get(&self) -> f64 {
         f64::from_bits(self.live.load(Ordering::Relaxed))
     }
@@ -180,7 +188,7 @@ impl Canary {
         if !bctx.clusters.is_empty() && !bctx.clusters.contains(&cfg.cluster) {
             return Err(format!("cluster: no cluster named `{}`", cfg.cluster));
         }
-        let weight = bctx.shared::<Weight>(&cfg.name, || Ok(Weight::default()))?;
+        let weight = bctx.shared::<Weight>(&cfg.name, || Ok(Weight::configured_at(cfg.weight)))?;
         let board = bctx.local::<CanaryBoard>();
         board.add(&cfg.name, weight.clone());
         bctx.register_admin(board);
@@ -227,6 +235,12 @@ impl Filter for Canary {
         if *configured != Some(self.configured) {
             *configured = Some(self.configured);
             self.weight.set(&self.name, self.configured);
+        } else {
+            let live = self.weight.get();
+            METRICS
+                .canary_weight
+                .with_label_values(&[&self.name])
+                .set(live);
         }
     }
 
@@ -354,6 +368,8 @@ mod tests {
         let c = Canary::build(&cfg, &mut bctx).unwrap();
         let board = bctx.local::<CanaryBoard>();
         assert!(board.set_weight("nobody", 5.0).is_err());
+        // A new canary serves its config's weight before it is told it serves.
+        assert_eq!(board.weights(), vec![("t".to_string(), 1.5)]);
         c.activate();
         assert_eq!(board.weights(), vec![("t".to_string(), 1.5)]);
         board.set_weight("t", 20.0).unwrap();

@@ -95,7 +95,9 @@ pub struct ShadowVersion {
 pub fn prepare(cfg: &ShadowConfig, bctx: &mut BuildContext) -> std::result::Result<(), String> {
     cfg.validate()?;
     let settings = Arc::new(Settings::new(cfg));
-    let obs = bctx.shared::<Observatory>("", || Observatory::open(cfg, settings.clone()))?;
+    let check_only = bctx.check_only();
+    let obs =
+        bctx.shared::<Observatory>("", || Observatory::open(cfg, settings.clone(), check_only))?;
     if obs.store_path.as_path() != std::path::Path::new(&cfg.store.path) {
         warn!(
             running = %obs.store_path.display(),
@@ -119,11 +121,20 @@ pub(super) const NEEDS_SHADOW_SECTION: &str =
     "needs a `shadow:` section (its store holds the captures and contracts)";
 
 impl Observatory {
-    fn open(cfg: &ShadowConfig, settings: Arc<Settings>) -> std::result::Result<Self, String> {
+    /// Open the store and start its worker; `check_only` (`--check`): validate the path, keep
+    /// the samples in memory and start nothing.
+    fn open(
+        cfg: &ShadowConfig,
+        settings: Arc<Settings>,
+        check_only: bool,
+    ) -> std::result::Result<Self, String> {
         let path = PathBuf::from(&cfg.store.path);
-        let store = Arc::new(
-            Store::open(&path, cfg.store.max_size.0).map_err(|e| format!("store.path: {e}"))?,
-        );
+        let opened = if check_only {
+            Store::check(&path, cfg.store.max_size.0)
+        } else {
+            Store::open(&path, cfg.store.max_size.0)
+        };
+        let store = Arc::new(opened.map_err(|e| format!("store.path: {e}"))?);
         let (tx, rx) = sync_channel(cfg.capture.queue);
         let serving = Arc::new(ArcSwap::new(settings));
         let obs = Observatory {
@@ -135,6 +146,9 @@ impl Observatory {
             infer_lock: Mutex::new(()),
         };
         obs.refresh_approved();
+        if check_only {
+            return Ok(obs);
+        }
         // The worker holds the store and the receiver, not the observatory: when the last
         // version with a `shadow:` section is gone, the queue closes and the worker ends.
         std::thread::Builder::new()

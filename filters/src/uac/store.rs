@@ -73,6 +73,38 @@ impl Store {
                 .map_err(|e| format!("shadow store: {}: {e}", dir.display()))?;
         }
         let conn = Connection::open(path).map_err(|e| format!("{}: {}", path.display(), err(e)))?;
+        Self::with_schema(conn, max_bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// What `--check` does instead of `open`: the file, when it exists, must be a store this
+    /// gateway can read; when it does not, the nearest existing directory above it must be a
+    /// directory. Nothing is created. The version being checked gets an in-memory store.
+    pub fn check(path: &Path, max_bytes: u64) -> Result<Store, String> {
+        if path.exists() {
+            let conn =
+                Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .map_err(|e| format!("{}: {}", path.display(), err(e)))?;
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(|e| format!("{}: {}", path.display(), err(e)))?;
+        } else {
+            let existing = path
+                .ancestors()
+                .skip(1)
+                .find(|d| d.as_os_str().is_empty() || d.exists());
+            if let Some(dir) = existing.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+                return Err(format!(
+                    "shadow store: {} is not a directory",
+                    dir.display()
+                ));
+            }
+        }
+        let conn = Connection::open_in_memory().map_err(err)?;
+        Self::with_schema(conn, max_bytes)
+    }
+
+    fn with_schema(conn: Connection, max_bytes: u64) -> Result<Store, String> {
         conn.execute_batch(
             "PRAGMA auto_vacuum = INCREMENTAL;
              PRAGMA journal_mode = WAL;
@@ -90,7 +122,7 @@ impl Store {
                id INTEGER PRIMARY KEY, at INTEGER NOT NULL, who TEXT NOT NULL,
                action TEXT NOT NULL, target TEXT NOT NULL, reason TEXT NOT NULL);",
         )
-        .map_err(|e| format!("{}: {}", path.display(), err(e)))?;
+        .map_err(err)?;
         Ok(Store {
             conn: Mutex::new(conn),
             max_bytes,
