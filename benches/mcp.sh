@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # MCP benchmark: `tools/call` through stoa-gateway's `mcp` filter vs the same backend API called
-# directly, in one run, at 1, 10 and 50 concurrent clients (throughput, p50, p99), then the
+# directly, in one run, at 1, 10 and 50 concurrent clients (throughput, p50, p99); a federated
+# `tools/call` (relayed to an upstream MCP server written with the official Python SDK,
+# tests/fixtures/mcp_upstream.py) vs that server called directly, at the same client counts
+# (connection errors counted: a relayed answer must keep the client's connection); then the
 # gateway's RSS after SESSIONS sessions were opened and left idle (sealed ids: no state kept),
 # and while SESSIONS sessions each hold their SSE stream open.
 #
@@ -32,7 +35,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP="$(free_port)"; GW="$(free_port)"; ADMIN="$(free_port)"
+UP="$(free_port)"; GW="$(free_port)"; ADMIN="$(free_port)"; MCPUP="$(free_port)"
 
 mkdir -p "$TMP/nginx"
 cat >"$TMP/nginx/nginx.conf" <<NGINX
@@ -47,6 +50,9 @@ http {
 }
 NGINX
 taskset -c 1 "$NGINX" -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" & PIDS+=($!)
+# The federated upstream: the test suite's MCP server (official Python SDK), on CPU 1 too.
+taskset -c 1 python3 "$ROOT/tests/fixtures/mcp_upstream.py" --port "$MCPUP" --name fed >"$TMP/mcpup.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 300); do grep -q READY "$TMP/mcpup.log" 2>/dev/null && break; sleep 0.1; done
 
 cat >"$TMP/gw.yaml" <<YAML
 server: { threads: 1, pid_file: $TMP/gw.pid, upgrade_sock: $TMP/gw.sock, watch_config: false }
@@ -62,6 +68,8 @@ chains:
           description: Look a user up
           input_schema: { type: object, required: [id], properties: { id: { type: integer } } }
           backend: { url: "http://127.0.0.1:$UP/users/{id}" }
+      upstreams:
+        - { name: fed, url: "http://127.0.0.1:$MCPUP/mcp", prefix: fed_ }
 YAML
 taskset -c 0 "$STOA_BIN" -c "$TMP/gw.yaml" >"$TMP/gw.log" 2>&1 & GW_PID=$!; PIDS+=($GW_PID)
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$ADMIN/ready" && break; sleep 0.05; done
@@ -99,6 +107,33 @@ for c in $CLIENTS; do
   ratio="$(awk -v a="$grps" -v b="$drps" 'BEGIN {printf "%.2f", a / b}')"
   ROWS+="| $c | $drps | $(fmt "$d50") | $(fmt "$d99") | $grps | $(fmt "$g50") | $(fmt "$g99") | $ratio | $(fmt "$add50") | $(fmt "$add99") | $dbad / $gbad |"$'\n'
   log "clients $c: direct $drps req/s p99 $(fmt "$d99"); gateway $grps req/s p99 $(fmt "$g99")"
+done
+
+# Federated: the upstream's own session for the direct case, the gateway's for the relayed one.
+init_session() { # init_session URL -> the session id it answers with
+  curl -s -D - -o /dev/null "${H[@]}" "$1" \
+    -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}' \
+    | awk -F': ' 'tolower($1)=="mcp-session-id" {print $2}' | tr -d '\r'
+}
+UPSID="$(init_session "http://127.0.0.1:$MCPUP/mcp")"
+curl -s -o /dev/null "${H[@]}" -H "mcp-session-id: $UPSID" "http://127.0.0.1:$MCPUP/mcp" -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
+curl -s -o /dev/null "${H[@]}" -H "mcp-session-id: $SID" "http://127.0.0.1:$GW/mcp" -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
+FCALL_UP='{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}'
+FCALL_GW='{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"fed_echo","arguments":{"text":"hi"}}}'
+for _ in $(seq 100); do
+  fcheck="$(curl -s "${H[@]}" -H "mcp-session-id: $SID" "http://127.0.0.1:$GW/mcp" -d "$FCALL_GW")"
+  echo "$fcheck" | grep -q '"text":"hi"' && break; sleep 0.1
+done
+echo "$fcheck" | grep -q '"text":"hi"' || { log "federated tools/call failed: $fcheck"; exit 1; }
+FROWS=""
+for c in $CLIENTS; do
+  log "clients $c: federated, upstream direct"
+  read -r drps d50 d99 dbad <<<"$(run fdirect "$c" -c "$c" -m POST "${H[@]}" -H "mcp-session-id: $UPSID" -d "$FCALL_UP" "http://127.0.0.1:$MCPUP/mcp")"
+  log "clients $c: federated, through the gateway"
+  read -r grps g50 g99 gbad <<<"$(run fgateway "$c" -c "$c" -m POST "${H[@]}" -H "mcp-session-id: $SID" -d "$FCALL_GW" "http://127.0.0.1:$GW/mcp")"
+  ratio="$(awk -v a="$grps" -v b="$drps" 'BEGIN {printf "%.2f", a / b}')"
+  FROWS+="| $c | $drps | $(fmt "$d50") | $(fmt "$d99") | $grps | $(fmt "$g50") | $(fmt "$g99") | $ratio | $dbad / $gbad |"$'\n'
+  log "clients $c: upstream $drps req/s; through the gateway $grps req/s ($ratio); failed $dbad / $gbad"
 done
 
 rss() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' /proc/"$GW_PID"/status; }
@@ -160,6 +195,12 @@ mkdir -p "$(dirname "$RESULTS")"
   echo "| clients | direct req/s | direct p50 | direct p99 | gateway req/s | gateway p50 | gateway p99 | gateway/direct req/s | added p50 | added p99 | failed (direct / gateway) |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s' "$ROWS"
+  echo
+  echo "Federated: \`tools/call echo {text: hi}\` on the upstream MCP server (official Python SDK, Streamable HTTP, one worker on CPU 1) in its own session, vs \`fed_echo\` through the gateway's federation (the gateway's session; it relays to the upstream over its kept connection)."
+  echo
+  echo "| clients | upstream direct req/s | p50 | p99 | through the gateway req/s | p50 | p99 | gateway/direct | failed (direct / gateway) |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  printf '%s' "$FROWS"
   echo
   echo "| RSS (MiB) | value |"
   echo "|---|---|"

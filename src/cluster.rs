@@ -28,6 +28,8 @@ pub struct EndpointMeta {
     pub authority: Arc<str>,
     /// The host part, used as the default TLS SNI.
     pub host: String,
+    /// `authority` as a header value, built once (it is sent on every request).
+    pub host_header: http::HeaderValue,
 }
 
 enum Balancer {
@@ -58,6 +60,9 @@ pub struct Cluster {
     ejected: Mutex<HashMap<SocketAddr, Instant>>,
     ejected_count: AtomicUsize,
     peer_template: HttpPeer,
+    /// The endpoint of a one-endpoint cluster (most are): picking it needs no balancer walk
+    /// and no copy of the `Backend` per request.
+    only: Option<Backend>,
     tls: bool,
     sni: Option<String>,
     pub breaker: Option<crate::circuit::CircuitBreaker>,
@@ -88,12 +93,18 @@ impl Cluster {
             let meta = EndpointMeta {
                 authority: raw.into(),
                 host,
+                host_header: http::HeaderValue::from_str(raw)
+                    .map_err(|_| format!("endpoints[{i}]: `{raw}` is not a valid Host value"))?,
             };
             backend.ext.insert(meta.clone());
             endpoints.insert(addr, meta);
             backends.insert(backend);
         }
 
+        let only = match backends.len() {
+            1 => backends.first().cloned(),
+            _ => None,
+        };
         let mut ba = Backends::new(discovery::Static::new(backends));
         let mut health_interval = None;
         if let Some(hc) = &cfg.health_check {
@@ -209,6 +220,7 @@ impl Cluster {
             ejected: Mutex::new(HashMap::new()),
             ejected_count: AtomicUsize::new(0),
             peer_template,
+            only,
             tls: cfg.tls.is_some(),
             sni,
             breaker: match &cfg.circuit_breaker {
@@ -269,7 +281,17 @@ impl Cluster {
     }
 
     /// Pick a healthy, non-ejected endpoint not in `exclude`.
-    pub fn select(&self, session: &Session, exclude: &[SocketAddr]) -> Option<Backend> {
+    pub fn select(
+        &self,
+        session: &Session,
+        exclude: &[SocketAddr],
+    ) -> Option<std::borrow::Cow<'_, Backend>> {
+        if let Some(only) = &self.only {
+            // One endpoint: ejected or not, it is the one to try while its health check passes.
+            let healthy = with_lb!(&self.balancer, lb => lb.backends().ready(only));
+            let excluded = only.addr.as_inet().is_some_and(|a| exclude.contains(a));
+            return (healthy && !excluded).then_some(std::borrow::Cow::Borrowed(only));
+        }
         let key = self.hash_key(session);
         let n = self.endpoints.len().max(1) * 4;
         let accept = |b: &Backend, healthy: bool| {
@@ -278,15 +300,17 @@ impl Cluster {
         };
         let picked = with_lb!(&self.balancer, lb => lb.select_with(key, n, accept));
         // Everything ejected but still passing health checks: better to try than to fail.
-        picked.or_else(|| {
-            with_lb!(&self.balancer, lb => lb.select_with(key, n, |b, healthy| {
-                healthy && b.addr.as_inet().is_none_or(|a| !exclude.contains(a))
-            }))
-        })
+        picked
+            .or_else(|| {
+                with_lb!(&self.balancer, lb => lb.select_with(key, n, |b, healthy| {
+                    healthy && b.addr.as_inet().is_none_or(|a| !exclude.contains(a))
+                }))
+            })
+            .map(std::borrow::Cow::Owned)
     }
 
-    /// The peer for one attempt against `backend`.
-    pub fn peer(&self, backend: &Backend) -> (Box<HttpPeer>, Option<Arc<str>>) {
+    /// The peer for one attempt against `backend`, and what the config says of the endpoint.
+    pub fn peer<'a>(&self, backend: &'a Backend) -> (Box<HttpPeer>, Option<&'a EndpointMeta>) {
         let meta = backend.ext.get::<EndpointMeta>();
         let mut peer = Box::new(self.peer_template.clone());
         peer._address = backend.addr.clone();
@@ -297,7 +321,7 @@ impl Cluster {
                 .or_else(|| meta.map(|m| m.host.clone()))
                 .unwrap_or_default();
         }
-        (peer, meta.map(|m| m.authority.clone()))
+        (peer, meta)
     }
 
     /// One active health-check pass over every endpoint (no-op without a health check).

@@ -214,6 +214,12 @@ pub struct ListenerHttp {
     /// upstream connection).
     #[serde(default = "default_body_idle_timeout")]
     pub body_idle_timeout: HumanDuration,
+    /// The read buffer each client connection gets (Pingora's own default is 64 KiB, the
+    /// largest part of what an open connection cost): 4 KiB on plaintext listeners (requests
+    /// are read through it; the throughput is that of 64 KiB, see benches/README.md), 16 KiB
+    /// with TLS (one whole TLS record per read). At most 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_buffer: Option<stoa_filters::units::ByteSize>,
 }
 
 fn default_header_read_timeout() -> HumanDuration {
@@ -228,6 +234,13 @@ fn default_max_requests() -> u32 {
 fn default_max_connections() -> usize {
     10_000
 }
+/// A plaintext listener's read buffer per connection (see `ListenerHttp::read_buffer`).
+pub const DEFAULT_READ_BUFFER: u64 = 4 * 1024;
+/// A TLS listener's: one TLS record (16 KiB) per read.
+pub const DEFAULT_TLS_READ_BUFFER: u64 = 16 * 1024;
+/// Above this a read buffer is a config error.
+pub const MAX_READ_BUFFER: u64 = 1 << 20;
+
 fn default_body_idle_timeout() -> HumanDuration {
     // nginx's client_body_timeout; it also bounds silence on upgraded (WebSocket) connections.
     HumanDuration::from_secs(60)
@@ -243,6 +256,7 @@ impl Default for ListenerHttp {
             max_requests_per_connection: default_max_requests(),
             max_connections: default_max_connections(),
             body_idle_timeout: default_body_idle_timeout(),
+            read_buffer: None,
         }
     }
 }
@@ -259,6 +273,15 @@ impl ListenerHttp {
 impl ListenerConfig {
     pub fn http2_enabled(&self) -> bool {
         self.http2.unwrap_or(self.tls.is_some())
+    }
+
+    /// The read buffer of each of this listener's connections, in bytes.
+    pub fn read_buffer(&self) -> u64 {
+        match (self.http.read_buffer, &self.tls) {
+            (Some(size), _) => size.0,
+            (None, Some(_)) => DEFAULT_TLS_READ_BUFFER,
+            (None, None) => DEFAULT_READ_BUFFER,
+        }
     }
 }
 
@@ -654,6 +677,16 @@ impl GatewayConfig {
                         ),
                     ));
                 }
+            }
+            if l.value.read_buffer() > MAX_READ_BUFFER {
+                return Err(ConfigError::new(
+                    at("http.read_buffer"),
+                    line,
+                    format!(
+                        "{} bytes is more than the 1 MiB a connection's read buffer may take",
+                        l.value.read_buffer()
+                    ),
+                ));
             }
             if let Some(tls) = &l.value.tls {
                 for (k, p) in [("cert", &tls.cert), ("key", &tls.key)] {

@@ -51,15 +51,17 @@ impl ControlPlane {
                         && a.address == b.address
                         && a.tls == b.tls
                         && a.http2 == b.http2
+                        && a.http.read_buffer == b.http.read_buffer
                 });
             if !same_sockets {
                 return Err(ConfigError {
                     file: Some(path.clone()),
                     line: None,
                     path: "listeners".into(),
-                    message: "listener names, addresses, TLS or HTTP/2 settings changed; \
+                    message:
+                        "listener names, addresses, TLS, HTTP/2 or read_buffer settings changed; \
                               these need a restart (use a graceful upgrade)"
-                        .into(),
+                            .into(),
                 });
             }
             if current.config.admin.address != cfg.admin.address {

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use clap::Parser;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -28,6 +29,7 @@ use crate::admin_client::{canary_command, uac_command};
 use crate::cli::{load_config, mirror_target, Cli, Command};
 use crate::policy_tests::test_policies;
 
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -186,17 +188,20 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
             open: Default::default(),
         };
         let mut service = Service::new(format!("listener {}", l.name), guarded);
-        match &l.tls {
-            Some(tls) => {
-                let mut settings = TlsSettings::intermediate(&tls.cert, &tls.key)
-                    .unwrap_or_else(|e| fail(&format!("listeners.{}.tls: {e}", l.name)));
-                if l.http2_enabled() {
-                    settings.enable_h2();
-                }
-                service.add_tls_with_settings(&l.address, None, settings);
+        // The read buffer is what an open connection costs most (see `http.read_buffer`).
+        let read_buffer = usize::try_from(l.read_buffer()).unwrap_or(usize::MAX);
+        let buffers = L4BufferSettings::default().read(read_buffer);
+        let mut endpoint =
+            pingora_core::listeners::ListenerConfig::tcp(&l.address).l4_buffer(buffers);
+        if let Some(tls) = &l.tls {
+            let mut settings = TlsSettings::intermediate(&tls.cert, &tls.key)
+                .unwrap_or_else(|e| fail(&format!("listeners.{}.tls: {e}", l.name)));
+            if l.http2_enabled() {
+                settings.enable_h2();
             }
-            None => service.add_tcp(&l.address),
+            endpoint = endpoint.tls(settings);
         }
+        service.add_listener(endpoint);
         server.add_service(service);
     }
 

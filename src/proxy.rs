@@ -41,6 +41,8 @@ pub struct GatewayCtx {
     ran: usize,
     /// The cluster's circuit breaker let this request through (its outcome is recorded).
     breaker_permit: Option<crate::circuit::Permit>,
+    /// The chosen endpoint's `Host` value (sent unless the route preserves the client's).
+    host_header: Option<http::HeaderValue>,
 }
 
 impl Gateway {
@@ -94,16 +96,20 @@ impl Gateway {
         Ok(resp)
     }
 
-    /// Write a streamed local answer: the header (no length: chunked), then each chunk as it
-    /// arrives, flushed; ends when the senders are gone. A client that went away makes a write
-    /// fail, which ends the request and drops the receiver.
+    /// Write a streamed local answer: the header (no length: chunked for an HTTP/1.1 client,
+    /// so its connection stays open for the next request; HTTP/2 frames it itself), then each
+    /// chunk as it arrives, flushed; ends when the senders are gone. A client that went away
+    /// makes a write fail, which ends the request and drops the receiver.
     async fn respond_stream(
         &self,
         session: &mut Session,
         ctx: &mut GatewayCtx,
         mut stream: LocalStream,
     ) -> Result<()> {
-        let resp = self.local_header(session, ctx, stream.status, &stream.headers, None)?;
+        let mut resp = self.local_header(session, ctx, stream.status, &stream.headers, None)?;
+        if !session.is_http2() && session.req_header().version == http::Version::HTTP_11 {
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
         session.write_response_header(Box::new(resp), false).await?;
         while let Some(chunk) = stream.body.recv().await {
             session.write_response_body(Some(chunk), false).await?;
@@ -197,6 +203,7 @@ impl ProxyHttp for Gateway {
             cluster: None,
             ran: 0,
             breaker_permit: None,
+            host_header: None,
         }
     }
 
@@ -309,9 +316,10 @@ impl ProxyHttp for Gateway {
             );
         };
         ctx.req.attempts += 1;
-        let (peer, authority) = cluster.peer(&backend);
+        let (peer, meta) = cluster.peer(&backend);
         ctx.req.upstream_addr = backend.addr.as_inet().copied();
-        ctx.req.upstream_authority = authority;
+        ctx.req.upstream_authority = meta.map(|m| m.authority.clone());
+        ctx.host_header = meta.map(|m| m.host_header.clone());
         Ok(peer)
     }
 
@@ -329,17 +337,14 @@ impl ProxyHttp for Gateway {
                 upstream.set_uri(uri);
             }
             if !route.preserve_host {
-                if let Some(authority) = &ctx.req.upstream_authority {
-                    upstream.insert_header(http::header::HOST, &**authority)?;
+                if let Some(host) = &ctx.host_header {
+                    upstream.insert_header(http::header::HOST, host.clone())?;
                 }
             }
         }
         let forwarded_for = ctx.req.route.as_ref().is_none_or(|r| r.forwarded_for);
         if let (Some(ip), true) = (ctx.req.client_ip, forwarded_for) {
-            let xff = match upstream.headers.get("x-forwarded-for") {
-                Some(prev) => format!("{}, {ip}", String::from_utf8_lossy(prev.as_bytes())),
-                None => ip.to_string(),
-            };
+            let xff = forwarded_for_value(upstream.headers.get("x-forwarded-for"), ip)?;
             upstream.insert_header("x-forwarded-for", xff)?;
         }
         let chain = ctx.chain.clone();
@@ -516,6 +521,42 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// `X-Forwarded-For` with `ip` appended (after the client's own value, if any). This runs on
+/// every proxied request, so an IPv4 address is written digit by digit rather than through
+/// the formatting machinery, into the one buffer the header value then owns.
+fn forwarded_for_value(
+    previous: Option<&http::HeaderValue>,
+    ip: std::net::IpAddr,
+) -> Result<http::HeaderValue> {
+    let previous = previous
+        .map(http::HeaderValue::as_bytes)
+        .unwrap_or_default();
+    let mut value = Vec::with_capacity(previous.len() + 2 + 39);
+    if !previous.is_empty() {
+        value.extend_from_slice(previous);
+        value.extend_from_slice(b", ");
+    }
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    value.push(b'.');
+                }
+                if octet >= 100 {
+                    value.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    value.push(b'0' + (octet / 10) % 10);
+                }
+                value.push(b'0' + octet % 10);
+            }
+        }
+        std::net::IpAddr::V6(v6) => value.extend_from_slice(v6.to_string().as_bytes()),
+    }
+    http::HeaderValue::from_maybe_shared(Bytes::from(value))
+        .map_err(|e| Error::because(ErrorType::InternalError, "x-forwarded-for", e))
+}
+
 fn ensure_request_id(req: &mut RequestCtx) {
     if req.request_id.is_empty() {
         req.request_id = generate_request_id();
@@ -546,5 +587,27 @@ fn status_label(status: u16) -> &'static str {
         s if s < 400 => "3xx",
         s if s < 500 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_for_value;
+
+    #[test]
+    fn forwarded_for_appends_the_client_address() {
+        let cases = [
+            (None, "0.0.0.0", "0.0.0.0"),
+            (None, "10.20.255.9", "10.20.255.9"),
+            (None, "100.1.99.200", "100.1.99.200"),
+            (Some("203.0.113.7"), "127.0.0.1", "203.0.113.7, 127.0.0.1"),
+            (None, "::1", "::1"),
+            (Some("a"), "2001:db8::5", "a, 2001:db8::5"),
+        ];
+        for (previous, ip, expected) in cases {
+            let previous = previous.map(http::HeaderValue::from_static);
+            let value = forwarded_for_value(previous.as_ref(), ip.parse().unwrap()).unwrap();
+            assert_eq!(value.to_str().unwrap(), expected);
+        }
     }
 }

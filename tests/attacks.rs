@@ -585,3 +585,38 @@ async fn a_client_cannot_flood_the_logs() {
         .unwrap_or(0.0);
     assert!(suppressed >= 1.0, "nothing was suppressed ({lines} lines)");
 }
+
+/// A listener's read buffer bounds what a connection holds, not what a request may be: a
+/// header and a body many times its size (or with no buffer at all) are read whole.
+#[tokio::test]
+async fn requests_larger_than_the_read_buffer_are_served_whole() {
+    let up = echo("up").await;
+    for buffer in ["0", "512"] {
+        let yaml = format!(
+            "listeners:\n  - name: pub\n    address: \"127.0.0.1:@PORT@\"\n    chains: [main]\n    http: {{ read_buffer: {buffer} }}\nchains:\n  main:\n    - type: router\n      routes: [{{ name: all, match: {{ path_prefix: / }}, cluster: up }}]\nclusters:\n  up: {{ endpoints: [\"{}\"] }}\n",
+            up.address()
+        );
+        let gw = Gateway::start(&yaml).await;
+        let big = "v".repeat(8 * 1024);
+        let body = "b".repeat(100 * 1024);
+        let r = client()
+            .post(gw.url("/upload"))
+            .header("x-big", &big)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "read_buffer {buffer}");
+        let echoed: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            echoed["headers"]["x-big"],
+            big.as_str(),
+            "read_buffer {buffer}"
+        );
+        assert_eq!(
+            echoed["body"].as_str().map(str::len),
+            Some(body.len()),
+            "read_buffer {buffer}"
+        );
+    }
+}

@@ -522,3 +522,21 @@ fn every_shipped_config_is_valid() {
         conf.display()
     );
 }
+
+#[test]
+fn check_a_read_buffer_over_one_mebibyte_is_refused() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let text = "listeners:\n  - name: pub\n    address: 127.0.0.1:1\n    chains: [r]\n    http: { read_buffer: 2MiB }\nchains:\n  r:\n    - type: router\n      routes:\n        - { name: a, match: { path_prefix: / }, respond: { body: hi } }\n";
+    let path = write(dir.path(), "buffer.yaml", text);
+    let (code, _, err) = check(&path);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("listeners[0].http.read_buffer"), "{err}");
+    assert!(err.contains("more than the 1 MiB"), "{err}");
+    let fine = write(
+        dir.path(),
+        "fine.yaml",
+        &text.replace("read_buffer: 2MiB", "read_buffer: 1KiB"),
+    );
+    let (code, out, err) = check(&fine);
+    assert_eq!(code, 0, "{out}{err}");
+}

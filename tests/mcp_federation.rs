@@ -620,3 +620,80 @@ async fn typescript_sdk_over_websocket_with_relayed_progress_and_sampling() {
     assert_eq!(r.status().as_u16(), 426);
     assert_eq!(r.headers()["upgrade"], "websocket");
 }
+
+/// A relayed call whose upstream sends nothing before its reply is answered as one JSON body;
+/// one that brings progress first is a chunked SSE stream. Either way the client's connection
+/// stays open for its next request (it used to be closed after every streamed answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_answers_keep_the_client_connection_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = McpUpstream::start("alpha", "streamable");
+    let b = McpUpstream::start("beta", "streamable");
+    let api = echo("api").await;
+    let gw = Gateway::start(&federation_config(&a, &b, &api)).await;
+    let (_, session) = initialize(&gw.url("/mcp"), "2025-11-25").await;
+    let request = |id: u64, name: &str, arguments: Value, meta: Value| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": name, "arguments": arguments, "_meta": meta}})
+        .to_string();
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: gw.test\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    for id in 1..=3 {
+        let text = format!("call {id}");
+        conn.write_all(request(id, "a_echo", json!({"text": text}), json!({})).as_bytes())
+            .await
+            .unwrap();
+        let r = raw::read_response(&mut conn, Duration::from_secs(10)).await;
+        assert_eq!(r.status, 200, "call {id} on the same connection: {r:?}");
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/json"),
+            "{r:?}"
+        );
+        let answer = json_of(&r.body_text());
+        assert_eq!(answer["result"]["content"][0]["text"], text, "{answer}");
+    }
+    // Progress before the reply: a stream, chunked, that ends without closing the connection.
+    let progress = request(
+        4,
+        "a_slow_progress",
+        json!({"steps": 2}),
+        json!({"progressToken": "p4"}),
+    );
+    conn.write_all(progress.as_bytes()).await.unwrap();
+    let mut r = raw::read_response(&mut conn, Duration::from_secs(10)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("text/event-stream")
+    );
+    assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
+    let mut chunk = [0u8; 4096];
+    while !r.body.ends_with(b"0\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk))
+            .await
+            .expect("the stream ends")
+            .unwrap();
+        assert!(n > 0, "connection closed mid-stream: {}", r.body_text());
+        r.body.extend_from_slice(&chunk[..n]);
+    }
+    let body = r.body_text();
+    assert!(body.contains("notifications/progress"), "{body}");
+    assert!(body.contains("done"), "{body}");
+    conn.write_all(request(5, "a_echo", json!({"text": "after"}), json!({})).as_bytes())
+        .await
+        .unwrap();
+    let r = raw::read_response(&mut conn, Duration::from_secs(10)).await;
+    assert_eq!(
+        r.status, 200,
+        "the connection was not kept after the stream: {r:?}"
+    );
+}

@@ -328,6 +328,60 @@ fn one_header<'a>(req: &'a RequestHeader, name: &http::HeaderName) -> Result<Opt
     Ok(first)
 }
 
+/// The common request needs no rewriting: an HTTP/1 origin-form target that is a plain path
+/// (letters, digits, `-_~.` and single `/`s, no dot segment, no `%`, no query) and one `Host`
+/// that is already canonical (a lower-case name, an optional port without leading zero).
+/// Checked byte by byte, so such a request skips the decode-and-rebuild of `canonicalize`,
+/// which would give back the same bytes (see the tests).
+fn already_canonical(req: &RequestHeader, opts: &PathOptions) -> bool {
+    if !matches!(req.version, Version::HTTP_10 | Version::HTTP_11) {
+        return false;
+    }
+    let raw = req.raw_path();
+    if !is_plain_path(raw, opts) || req.uri.query().is_some() || req.uri.path().as_bytes() != raw {
+        return false;
+    }
+    match one_header(req, &HOST) {
+        Ok(Some(host)) => is_canonical_authority(host),
+        // No Host: HTTP/1.1 refuses it, HTTP/1.0 may omit it; the full path decides.
+        _ => false,
+    }
+}
+
+/// A path `canonical_path` leaves as it is (see `already_canonical`).
+fn is_plain_path(raw: &[u8], opts: &PathOptions) -> bool {
+    raw.first() == Some(&b'/')
+        && raw
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'~' | b'.'))
+        && !raw
+            .windows(2)
+            .any(|w| w == b"/." || (opts.merge_slashes && w == b"//"))
+}
+
+/// A `Host` value `canonical_authority` leaves as it is: a lower-case registered name or IPv4
+/// address, and a port of 1 to 5 digits without a leading zero that fits in 16 bits.
+fn is_canonical_authority(host: &[u8]) -> bool {
+    let (name, port) = match host.iter().position(|&b| b == b':') {
+        Some(i) => (host.get(..i).unwrap_or_default(), host.get(i + 1..)),
+        None => (host, None),
+    };
+    let name_ok = !name.is_empty()
+        && name.iter().all(|&b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_' | b'~')
+        });
+    let port_ok = match port {
+        None => true,
+        Some(p) => {
+            (1..=5).contains(&p.len())
+                && p.first() != Some(&b'0')
+                && p.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(p).is_ok_and(|t| t.parse::<u16>().is_ok())
+        }
+    };
+    name_ok && port_ok
+}
+
 /// Check the method and the HTTP/1 framing headers.
 fn check_method_and_framing(req: &RequestHeader) -> Result<(), Refusal> {
     let method = req.method.as_str();
@@ -401,6 +455,9 @@ fn check_method_and_framing(req: &RequestHeader) -> Result<(), Refusal> {
 /// What the client sent is refused rather than guessed at when it is invalid or ambiguous.
 pub fn canonicalize(req: &mut RequestHeader, opts: &PathOptions) -> Result<(), Refusal> {
     check_method_and_framing(req)?;
+    if already_canonical(req, opts) {
+        return Ok(());
+    }
     let h1 = matches!(
         req.version,
         Version::HTTP_10 | Version::HTTP_11 | Version::HTTP_09
@@ -480,6 +537,78 @@ pub fn canonicalize(req: &mut RequestHeader, opts: &PathOptions) -> Result<(), R
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
+
+    #[test]
+    fn the_fast_path_only_takes_what_the_full_path_would_leave_alone() {
+        let opts = PathOptions::default();
+        let keep = PathOptions {
+            merge_slashes: false,
+            ..PathOptions::default()
+        };
+        let paths = [
+            "/",
+            "/a",
+            "/a/b",
+            "/a/b/",
+            "/a.b/c-d_e~f",
+            "/A/Z/09",
+            "/a//b",
+            "/./a",
+            "/a/./b",
+            "/a/../b",
+            "/a/..",
+            "/a/.",
+            "/.well-known/x",
+            "/a%2Fb",
+            "/a%41",
+            "/a b",
+            "/a?b",
+            "/a\\b",
+            "//",
+            "/a..b",
+            "/..a",
+            "/a/.b",
+        ];
+        for p in paths {
+            for o in [&opts, &keep] {
+                if is_plain_path(p.as_bytes(), o) {
+                    assert_eq!(
+                        canonical_path(p.as_bytes(), o).ok().as_deref(),
+                        Some(p),
+                        "{p}"
+                    );
+                }
+            }
+        }
+        assert!(is_plain_path(b"/a/b", &opts));
+        assert!(!is_plain_path(b"/a//b", &opts) && is_plain_path(b"/a//b", &keep));
+        let hosts = [
+            "gw.test",
+            "gw.test:8080",
+            "127.0.0.1:1",
+            "a:65535",
+            "a:65536",
+            "a:080",
+            "a:0",
+            "A",
+            "a:",
+            ":80",
+            "",
+            "[::1]:80",
+            "a b",
+            "a@b",
+            "a:8x",
+        ];
+        for h in hosts {
+            if is_canonical_authority(h.as_bytes()) {
+                let canonical = split_authority(h).ok().map(canonical_authority);
+                assert_eq!(canonical.as_deref(), Some(h), "{h}");
+            }
+        }
+        assert!(is_canonical_authority(b"gw.test:8080"));
+        assert!(!is_canonical_authority(b"GW.test") && !is_canonical_authority(b"a:080"));
+    }
+
     use super::*;
 
     fn canon(p: &str) -> Result<String, Refusal> {

@@ -101,6 +101,22 @@ enum Answer {
     Stream(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
+/// What a relayed request's handler sends back: messages related to it, then its reply.
+enum Piece {
+    Related(Value),
+    Final(Value),
+}
+
+/// How a relayed request is answered (see `McpCore::answer_relayed`).
+enum Relayed {
+    /// Its reply, with nothing before it.
+    Reply(Value),
+    /// Related messages came first: the SSE stream of them and then the reply.
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
+    /// The handler ended without a reply.
+    Nothing,
+}
+
 impl McpCore {
     pub(super) async fn on_request(
         self: &Arc<Self>,
@@ -447,9 +463,13 @@ impl McpCore {
             }
             // A request relayed to an upstream may bring messages before its answer (progress,
             // logging, sampling…): answer it as an SSE stream that carries them, then it.
-            single if accepts_stream && self.relays(&single) => {
-                Ok(self.answer_as_stream(single, caller, |reply| reply))
-            }
+            single if accepts_stream && self.relays(&single) => Ok(
+                match self.answer_relayed(single, caller, |reply| reply).await {
+                    Relayed::Reply(reply) => Answer::Reply(Reply::json(200, reply)),
+                    Relayed::Stream(events) => Answer::Stream(events),
+                    Relayed::Nothing => Answer::Reply(Reply::accepted()),
+                },
+            ),
             single => {
                 let related = self.stream_sink(&caller);
                 Ok(Answer::Reply(
@@ -462,31 +482,57 @@ impl McpCore {
         }
     }
 
-    /// Answer one request as an SSE stream: the messages related to it, then its reply (as
-    /// `finish` makes it). A client that closes the stream cancels the request.
-    fn answer_as_stream(
+    /// Answer one relayed request: its reply alone (as `finish` makes it) when nothing comes
+    /// before it, so the client gets one `application/json` answer on a connection it keeps;
+    /// an SSE stream as soon as a related message (progress, logging, sampling…) comes first,
+    /// carrying those messages and then the reply. A client that goes away, before or during
+    /// the stream, cancels the request.
+    async fn answer_relayed(
         self: &Arc<Self>,
         message: Value,
         caller: Caller,
         finish: impl FnOnce(Value) -> Value + Send + 'static,
-    ) -> Answer {
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    ) -> Relayed {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(1024);
         let events = tx.clone();
         let related: MessageSink = Arc::new(move |m: Value| {
-            let _ = events.try_send(sse_data(&m));
+            let _ = events.try_send(Piece::Related(m));
         });
         let core = self.clone();
         tokio::spawn(async move {
             tokio::select! {
                 reply = core.handle_message(&message, &caller, &related) => {
                     if let Some(reply) = reply {
-                        let _ = tx.send(sse_data(&finish(reply))).await;
+                        let _ = tx.send(Piece::Final(finish(reply))).await;
                     }
                 }
                 _ = tx.closed() => {}
             }
         });
-        Answer::Stream(rx)
+        let first = match rx.recv().await {
+            None => return Relayed::Nothing,
+            Some(Piece::Final(reply)) => return Relayed::Reply(reply),
+            Some(Piece::Related(m)) => m,
+        };
+        let (out, body) = tokio::sync::mpsc::channel::<Bytes>(1024);
+        tokio::spawn(async move {
+            let mut next = Some(Piece::Related(first));
+            while let Some(piece) = next.take() {
+                let (message, last) = match piece {
+                    Piece::Related(m) => (m, false),
+                    Piece::Final(m) => (m, true),
+                };
+                if out.send(sse_data(&message)).await.is_err() || last {
+                    break;
+                }
+                // The client closing the stream drops `rx`, which cancels the request.
+                next = tokio::select! {
+                    piece = rx.recv() => piece,
+                    _ = out.closed() => None,
+                };
+            }
+        });
+        Relayed::Stream(body)
     }
 
     /// A POST of the stateless 2026-07-28 revision (see `stateless`).
@@ -528,17 +574,25 @@ impl McpCore {
         );
         caller.stateless = true;
         caller.log_level = request.log_level;
-        if accepts_stream && self.relays(&request.message) {
-            let finish = move |reply| stateless::finish(&method, reply);
-            return Ok(self.answer_as_stream(request.message, caller, finish));
-        }
-        // Without a stream, what the upstream says meanwhile has nowhere to go.
-        let nowhere: MessageSink = Arc::new(|_| {});
-        let reply = self
-            .handle_message(&request.message, &caller, &nowhere)
-            .await
-            .unwrap_or_else(|| jsonrpc::error(request.id, INTERNAL_ERROR, "no reply"));
-        let reply = stateless::finish(&method, reply);
+        let reply = if accepts_stream && self.relays(&request.message) {
+            let finish = {
+                let method = method.clone();
+                move |reply| stateless::finish(&method, reply)
+            };
+            match self.answer_relayed(request.message, caller, finish).await {
+                Relayed::Reply(reply) => reply,
+                Relayed::Stream(events) => return Ok(Answer::Stream(events)),
+                Relayed::Nothing => jsonrpc::error(request.id, INTERNAL_ERROR, "no reply"),
+            }
+        } else {
+            // Without a stream, what the upstream says meanwhile has nowhere to go.
+            let nowhere: MessageSink = Arc::new(|_| {});
+            let reply = self
+                .handle_message(&request.message, &caller, &nowhere)
+                .await
+                .unwrap_or_else(|| jsonrpc::error(request.id, INTERNAL_ERROR, "no reply"));
+            stateless::finish(&method, reply)
+        };
         let status = reply["error"]["code"]
             .as_i64()
             .map(stateless::status_of)
