@@ -35,7 +35,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP="$(free_port)"; GW="$(free_port)"; ADMIN="$(free_port)"; MCPUP="$(free_port)"
+UP="$(free_port)"; GW="$(free_port)"; ADMIN="$(free_port)"; MCPUP="$(free_port)"; GWF="$(free_port)"; ADMINF="$(free_port)"
 
 mkdir -p "$TMP/nginx"
 cat >"$TMP/nginx/nginx.conf" <<NGINX
@@ -68,8 +68,6 @@ chains:
           description: Look a user up
           input_schema: { type: object, required: [id], properties: { id: { type: integer } } }
           backend: { url: "http://127.0.0.1:$UP/users/{id}" }
-      upstreams:
-        - { name: fed, url: "http://127.0.0.1:$MCPUP/mcp", prefix: fed_ }
 YAML
 taskset -c 0 "$STOA_BIN" -c "$TMP/gw.yaml" >"$TMP/gw.log" 2>&1 & GW_PID=$!; PIDS+=($GW_PID)
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$ADMIN/ready" && break; sleep 0.05; done
@@ -115,13 +113,30 @@ init_session() { # init_session URL -> the session id it answers with
     -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}' \
     | awk -F': ' 'tolower($1)=="mcp-session-id" {print $2}' | tr -d '\r'
 }
+# A second gateway, federating the upstream, for this phase only (the memory phase below
+# measures the first one, whose sessions have no upstream to open sessions with).
+cat >"$TMP/gwfed.yaml" <<YAML
+server: { threads: 1, pid_file: $TMP/gwf.pid, upgrade_sock: $TMP/gwf.sock, watch_config: false }
+admin: { address: "127.0.0.1:$ADMINF" }
+listeners:
+  - { name: mcp, address: "127.0.0.1:$GWF", chains: [mcp] }
+chains:
+  mcp:
+    - type: mcp
+      session_secret: "benchmark-session-secret-0123"
+      upstreams:
+        - { name: fed, url: "http://127.0.0.1:$MCPUP/mcp", prefix: fed_ }
+YAML
+taskset -c 0 "$STOA_BIN" -c "$TMP/gwfed.yaml" >"$TMP/gwf.log" 2>&1 & GWF_PID=$!; PIDS+=($GWF_PID)
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$ADMINF/ready" && break; sleep 0.05; done
+FSID="$(init_session "http://127.0.0.1:$GWF/mcp")"
 UPSID="$(init_session "http://127.0.0.1:$MCPUP/mcp")"
 curl -s -o /dev/null "${H[@]}" -H "mcp-session-id: $UPSID" "http://127.0.0.1:$MCPUP/mcp" -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
-curl -s -o /dev/null "${H[@]}" -H "mcp-session-id: $SID" "http://127.0.0.1:$GW/mcp" -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
+curl -s -o /dev/null "${H[@]}" -H "mcp-session-id: $FSID" "http://127.0.0.1:$GWF/mcp" -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
 FCALL_UP='{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}'
 FCALL_GW='{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"fed_echo","arguments":{"text":"hi"}}}'
 for _ in $(seq 100); do
-  fcheck="$(curl -s "${H[@]}" -H "mcp-session-id: $SID" "http://127.0.0.1:$GW/mcp" -d "$FCALL_GW")"
+  fcheck="$(curl -s "${H[@]}" -H "mcp-session-id: $FSID" "http://127.0.0.1:$GWF/mcp" -d "$FCALL_GW")"
   echo "$fcheck" | grep -q '"text":"hi"' && break; sleep 0.1
 done
 echo "$fcheck" | grep -q '"text":"hi"' || { log "federated tools/call failed: $fcheck"; exit 1; }
@@ -130,11 +145,12 @@ for c in $CLIENTS; do
   log "clients $c: federated, upstream direct"
   read -r drps d50 d99 dbad <<<"$(run fdirect "$c" -c "$c" -m POST "${H[@]}" -H "mcp-session-id: $UPSID" -d "$FCALL_UP" "http://127.0.0.1:$MCPUP/mcp")"
   log "clients $c: federated, through the gateway"
-  read -r grps g50 g99 gbad <<<"$(run fgateway "$c" -c "$c" -m POST "${H[@]}" -H "mcp-session-id: $SID" -d "$FCALL_GW" "http://127.0.0.1:$GW/mcp")"
+  read -r grps g50 g99 gbad <<<"$(run fgateway "$c" -c "$c" -m POST "${H[@]}" -H "mcp-session-id: $FSID" -d "$FCALL_GW" "http://127.0.0.1:$GWF/mcp")"
   ratio="$(awk -v a="$grps" -v b="$drps" 'BEGIN {printf "%.2f", a / b}')"
   FROWS+="| $c | $drps | $(fmt "$d50") | $(fmt "$d99") | $grps | $(fmt "$g50") | $(fmt "$g99") | $ratio | $dbad / $gbad |"$'\n'
   log "clients $c: upstream $drps req/s; through the gateway $grps req/s ($ratio); failed $dbad / $gbad"
 done
+kill "$GWF_PID" 2>/dev/null
 
 rss() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' /proc/"$GW_PID"/status; }
 RSS_IDLE="$(rss)"

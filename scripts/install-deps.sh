@@ -3,13 +3,13 @@
 # Debian packages (cmake and OpenSSL headers for Pingora, openssl for test certificates,
 # nginx and wrk for the load benchmark, redis-server for the Redis rate-limiting integration
 # tests, which start a real redis-server per test, prometheus for `promtool check rules` on
-# docker/observability/), the official MCP Python and TypeScript SDKs, openapi-spec-validator
+# docker/observability/, valgrind for benches/instructions.sh), the official MCP Python and TypeScript SDKs, openapi-spec-validator
 # for the OpenAPI documents shadow mode writes, the Python h2 package for the HTTP/2 attack
 # tests,
 # the MCP integration tests drive the gateway with, and cargo-nextest when it is missing.
 set -euo pipefail
 
-packages=(cmake pkg-config libssl-dev openssl curl nginx-light wrk redis-server prometheus)
+packages=(cmake pkg-config libssl-dev openssl curl nginx-light wrk redis-server prometheus valgrind)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
