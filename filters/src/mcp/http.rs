@@ -462,7 +462,7 @@ impl McpCore {
                 }))
             }
             // A request relayed to an upstream may bring messages before its answer (progress,
-            // logging, sampling…): answer it as an SSE stream that carries them, then it.
+            // logging, sampling…): those make the answer an SSE stream (see `answer_relayed`).
             single if accepts_stream && self.relays(&single) => Ok(
                 match self.answer_relayed(single, caller, |reply| reply).await {
                     Relayed::Reply(reply) => Answer::Reply(Reply::json(200, reply)),
