@@ -54,27 +54,36 @@ taskset -c 1 "$NGINX" -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" & PIDS+=($!)
 taskset -c 1 python3 "$ROOT/tests/fixtures/mcp_upstream.py" --port "$MCPUP" --name fed >"$TMP/mcpup.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 300); do grep -q READY "$TMP/mcpup.log" 2>/dev/null && break; sleep 0.1; done
 
-cat >"$TMP/gw.yaml" <<YAML
-server: { threads: 1, pid_file: $TMP/gw.pid, upgrade_sock: $TMP/gw.sock, watch_config: false }
-admin: { address: "127.0.0.1:$ADMIN" }
+gateway_yaml() { # gateway_yaml NAME PORT ADMIN_PORT: a one-thread gateway with one `mcp` filter (its settings follow)
+  cat <<YAML
+server: { threads: 1, pid_file: $TMP/$1.pid, upgrade_sock: $TMP/$1.sock, watch_config: false }
+admin: { address: "127.0.0.1:$3" }
 listeners:
-  - { name: mcp, address: "127.0.0.1:$GW", chains: [mcp] }
+  - { name: mcp, address: "127.0.0.1:$2", chains: [mcp] }
 chains:
   mcp:
     - type: mcp
       session_secret: "benchmark-session-secret-0123"
+YAML
+}
+init_session() { # init_session URL -> the session id it answers with
+  curl -s -D - -o /dev/null "${H[@]}" "$1" \
+    -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}' \
+    | awk -F': ' 'tolower($1)=="mcp-session-id" {print $2}' | tr -d '\r'
+}
+H=(-H "content-type: application/json" -H "accept: application/json, text/event-stream")
+
+{ gateway_yaml gw "$GW" "$ADMIN"; cat <<YAML
       tools:
         - name: get_user
           description: Look a user up
           input_schema: { type: object, required: [id], properties: { id: { type: integer } } }
           backend: { url: "http://127.0.0.1:$UP/users/{id}" }
 YAML
+} >"$TMP/gw.yaml"
 taskset -c 0 "$STOA_BIN" -c "$TMP/gw.yaml" >"$TMP/gw.log" 2>&1 & GW_PID=$!; PIDS+=($GW_PID)
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$ADMIN/ready" && break; sleep 0.05; done
-H=(-H "content-type: application/json" -H "accept: application/json, text/event-stream")
-SID="$(curl -s -D - -o /dev/null "${H[@]}" "http://127.0.0.1:$GW/mcp" \
-  -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}' \
-  | awk -F': ' 'tolower($1)=="mcp-session-id" {print $2}' | tr -d '\r')"
+SID="$(init_session "http://127.0.0.1:$GW/mcp")"
 [ -n "$SID" ] || { log "initialize failed"; cat "$TMP/gw.log" >&2; exit 1; }
 CALL='{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get_user","arguments":{"id":1}}}'
 check="$(curl -s "${H[@]}" -H "mcp-session-id: $SID" "http://127.0.0.1:$GW/mcp" -d "$CALL")"
@@ -108,25 +117,13 @@ for c in $CLIENTS; do
 done
 
 # Federated: the upstream's own session for the direct case, the gateway's for the relayed one.
-init_session() { # init_session URL -> the session id it answers with
-  curl -s -D - -o /dev/null "${H[@]}" "$1" \
-    -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}' \
-    | awk -F': ' 'tolower($1)=="mcp-session-id" {print $2}' | tr -d '\r'
-}
 # A second gateway, federating the upstream, for this phase only (the memory phase below
 # measures the first one, whose sessions have no upstream to open sessions with).
-cat >"$TMP/gwfed.yaml" <<YAML
-server: { threads: 1, pid_file: $TMP/gwf.pid, upgrade_sock: $TMP/gwf.sock, watch_config: false }
-admin: { address: "127.0.0.1:$ADMINF" }
-listeners:
-  - { name: mcp, address: "127.0.0.1:$GWF", chains: [mcp] }
-chains:
-  mcp:
-    - type: mcp
-      session_secret: "benchmark-session-secret-0123"
+{ gateway_yaml gwf "$GWF" "$ADMINF"; cat <<YAML
       upstreams:
         - { name: fed, url: "http://127.0.0.1:$MCPUP/mcp", prefix: fed_ }
 YAML
+} >"$TMP/gwfed.yaml"
 taskset -c 0 "$STOA_BIN" -c "$TMP/gwfed.yaml" >"$TMP/gwf.log" 2>&1 & GWF_PID=$!; PIDS+=($GWF_PID)
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$ADMINF/ready" && break; sleep 0.05; done
 FSID="$(init_session "http://127.0.0.1:$GWF/mcp")"

@@ -318,7 +318,6 @@ impl ProxyHttp for Gateway {
         ctx.req.attempts += 1;
         let (peer, meta) = cluster.peer(&backend);
         ctx.req.upstream_addr = backend.addr.as_inet().copied();
-        ctx.req.upstream_authority = meta.map(|m| m.authority.clone());
         ctx.host_header = meta.map(|m| m.host_header.clone());
         Ok(peer)
     }

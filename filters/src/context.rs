@@ -102,8 +102,6 @@ pub struct RequestCtx {
     pub route: Option<RouteTarget>,
     /// The `host:port` of the upstream endpoint chosen for the current attempt.
     pub upstream_addr: Option<std::net::SocketAddr>,
-    /// The authority (host[:port]) to send as `Host` upstream unless `preserve_host`.
-    pub upstream_authority: Option<Arc<str>>,
     /// Set when a filter refused the request.
     pub rejection: Option<Rejection>,
     /// Number of upstream attempts so far (retries on connect failure).
@@ -127,7 +125,6 @@ impl RequestCtx {
             started: Instant::now(),
             route: None,
             upstream_addr: None,
-            upstream_authority: None,
             rejection: None,
             attempts: 0,
             failed_endpoints: Vec::new(),
