@@ -45,6 +45,13 @@ if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("uvloop"))'
   echo "install-deps: installing uvloop==$UVLOOP_VERSION"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "uvloop==$UVLOOP_VERSION"
 fi
+# The tracing tests (tests/telemetry.rs) export to a real OpenTelemetry collector: rotel, a
+# Rust collector shipped as a PyPI wheel.
+ROTEL_VERSION="0.0.1a15"
+if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("rotel"))' 2>/dev/null)" != "$ROTEL_VERSION" ]]; then
+  echo "install-deps: installing the rotel collector (rotel==$ROTEL_VERSION)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "rotel==$ROTEL_VERSION"
+fi
 # ... and the official TypeScript SDK (tests/fixtures/ts, versions pinned by its lock file).
 TS_DIR="$(dirname "$0")/../tests/fixtures/ts"
 if ! cmp -s "$TS_DIR/package-lock.json" "$TS_DIR/node_modules/.stoa-installed-lock" 2>/dev/null; then

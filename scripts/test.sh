@@ -11,6 +11,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast
+# the patched Pingora crates in vendor/ are their own workspaces: their tests, ours included
+(cd vendor/pingora-timeout && cargo test --locked --lib --target-dir ../../target/vendor)
 if [[ "${FUZZ_SECONDS:-5}" != "0" ]]; then
   (cd fuzz && cargo fmt -- --check)
   bash fuzz/run.sh "${FUZZ_SECONDS:-5}"

@@ -52,6 +52,10 @@ pub struct GatewayConfig {
     /// modes with `keep_observing: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<Spanned<stoa_filters::uac::ShadowConfig>>,
+    /// Tracing with OpenTelemetry (OTLP export); see `stoa_filters::telemetry`. Without it,
+    /// the standard `OTEL_EXPORTER_OTLP_*ENDPOINT` variables turn tracing on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<Spanned<stoa_filters::telemetry::TelemetryConfig>>,
     /// Settings from the command line that filters read as defaults, by `filter.key` (e.g.
     /// `opa.endpoint`); not part of the file (see `Overrides`).
     #[serde(skip)]

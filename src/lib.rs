@@ -16,3 +16,4 @@ pub mod overrides;
 pub mod presets;
 pub mod proxy;
 pub mod runtime;
+pub mod tracing_spans;

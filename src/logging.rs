@@ -48,12 +48,14 @@ fn within_rate(site: usize) -> bool {
 }
 
 pub fn init(level: &str) {
-    // Pingora logs whole request headers (Authorization, Cookie) at debug level: keep its
-    // proxy and connection modules at info unless the user's filter names them explicitly.
+    // Pingora logs whole request headers (Authorization, Cookie) at debug level, and at info
+    // it narrates its own start-up with source paths: keep its crates at warn unless the
+    // user's filter names them explicitly (the gateway's own start-up line says where it
+    // listens).
     let level = if level.contains("pingora") {
         level.to_string()
     } else {
-        format!("{level},pingora_proxy=info,pingora_core=info")
+        format!("{level},pingora_proxy=warn,pingora_core=warn,pingora_load_balancing=warn")
     };
     let filter = EnvFilter::try_new(&level)
         .or_else(|_| EnvFilter::try_new("info"))

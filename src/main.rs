@@ -92,7 +92,18 @@ fn main() {
         cfg.server.threads = t;
     }
     if !cli.check {
-        logging::init(cfg.gateway.log_level.as_deref().unwrap_or("info"));
+        // --log-level / GATEWAY_LOG_LEVEL, then RUST_LOG, then the file's gateway.log_level.
+        let level = cli
+            .log_level
+            .clone()
+            .or_else(|| {
+                std::env::var("RUST_LOG")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+            })
+            .or_else(|| cfg.gateway.log_level.clone())
+            .unwrap_or_else(|| "info".into());
+        logging::init(&level);
     }
     let state = match GatewayState::build(cfg, 1, None) {
         Ok(s) => s,
@@ -162,6 +173,7 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let tracing_on = state.telemetry.is_some();
     let shared: SharedState = Arc::new(ArcSwap::from_pointee(state));
     for (index, l) in cfg.listeners.iter().enumerate() {
         let l = &l.value;
@@ -237,9 +249,15 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
     };
     server.add_service(background_service("control plane", control));
 
+    let listening: Vec<String> = cfg
+        .listeners
+        .iter()
+        .map(|l| format!("{}={}", l.value.name, l.value.address))
+        .collect();
     info!(
-        listeners = cfg.listeners.len(),
+        listeners = %listening.join(" "),
         admin = %cfg.admin.address,
+        tracing = tracing_on,
         mode = cfg.gateway.mode.map(|m| m.to_string()).unwrap_or_else(|| "custom".into()),
         version = env!("CARGO_PKG_VERSION"),
         "stoa-gateway starting"

@@ -212,6 +212,13 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        if let Some(telemetry) = &ctx.state.telemetry {
+            ctx.req.trace = Some(crate::tracing_spans::server_span(
+                telemetry,
+                session,
+                ctx.req.client_ip,
+            ));
+        }
         // An HTTP/1.1 connection is kept alive by default, for ever: bound its idle time.
         if session.get_keepalive() == Some(0) {
             session.set_keepalive(Some(self.keepalive_secs));
@@ -319,6 +326,10 @@ impl ProxyHttp for Gateway {
         let (peer, meta) = cluster.peer(&backend);
         ctx.req.upstream_addr = backend.addr.as_inet().copied();
         ctx.host_header = meta.map(|m| m.host_header.clone());
+        if let Some(trace) = ctx.req.trace.as_mut() {
+            let method = session.req_header().method.as_str();
+            crate::tracing_spans::upstream_span(trace, method, ctx.req.upstream_addr);
+        }
         Ok(peer)
     }
 
@@ -341,6 +352,11 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        if let Some(trace) = &ctx.req.trace {
+            for (name, value) in trace.telemetry().headers_for(trace.current()) {
+                upstream.insert_header(name, value)?;
+            }
+        }
         let forwarded_for = ctx.req.route.as_ref().is_none_or(|r| r.forwarded_for);
         if let (Some(ip), true) = (ctx.req.client_ip, forwarded_for) {
             let xff = forwarded_for_value(upstream.headers.get("x-forwarded-for"), ip)?;
@@ -359,6 +375,9 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut GatewayCtx,
     ) -> Result<()> {
+        if let Some(trace) = &ctx.req.trace {
+            crate::tracing_spans::upstream_answered(trace, response.status.as_u16());
+        }
         let chain = ctx.chain.clone();
         for &i in &chain.response_headers {
             chain.filters[i].on_response_headers(session, response, &mut ctx.req)?;
@@ -512,6 +531,31 @@ impl ProxyHttp for Gateway {
         for &i in &chain.logging {
             chain.filters[i].on_logging(session, &ctx.req, status);
         }
+        if let Some(mut trace) = ctx.req.trace.take() {
+            let method = session.req_header().method.as_str();
+            trace.finish(
+                method,
+                ctx.req.route_name(),
+                status,
+                e.map(|e| e.etype().as_str().to_string()),
+            );
+        }
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut GatewayCtx,
+    ) -> Result<()> {
+        if let Some(trace) = &ctx.req.trace {
+            crate::tracing_spans::upstream_connected(trace, reused);
+        }
+        Ok(())
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &GatewayCtx, _error: &Error) -> bool {

@@ -67,6 +67,8 @@ pub struct GatewayState {
     pub resources: Resources,
     /// What the filters asked to run when this version serves.
     on_activate: Vec<stoa_filters::build::Activation>,
+    /// The tracer, when tracing is on.
+    pub telemetry: Option<Arc<stoa_filters::telemetry::Telemetry>>,
 }
 
 pub type SharedState = Arc<ArcSwap<GatewayState>>;
@@ -101,6 +103,16 @@ impl GatewayState {
                 ConfigError::new(format!("shadow.{key}"), line_of(s), message)
             })?;
         }
+        // The `telemetry:` section (or the OTEL_* variables): the tracer, kept while unchanged.
+        let telemetry = stoa_filters::telemetry::prepare(
+            config.telemetry.as_ref().map(|t| &t.value),
+            &mut bctx,
+        )
+        .map_err(|e| {
+            let (key, message) = e.split_once(": ").unwrap_or(("", &e));
+            let line = config.telemetry.as_ref().and_then(line_of);
+            ConfigError::new(format!("telemetry.{key}"), line, message)
+        })?;
         // Build each named chain once per listener that uses it (filters may hold state).
         let mut chains = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -133,6 +145,7 @@ impl GatewayState {
             admin_endpoints: built.admin_endpoints,
             resources: built.resources,
             on_activate: built.on_activate,
+            telemetry,
         })
     }
 

@@ -98,6 +98,11 @@ struct AccessLine<'a> {
     tenant: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     policy: Option<&'a crate::context::PolicyLog>,
+    /// The request's trace and server span, when tracing is on (sampled or not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    span_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -188,6 +193,7 @@ impl Filter for AccessLog {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
+        let trace_ids = ctx.trace.as_ref().map(|t| t.ids());
         let line = AccessLine {
             ts: (now.as_millis() as f64) / 1000.0,
             kind: "access",
@@ -214,6 +220,8 @@ impl Filter for AccessLog {
             sub: ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),
             tenant: ctx.tenant(),
             policy: ctx.policy.as_ref(),
+            trace_id: trace_ids.as_ref().map(|(t, _)| t.clone()),
+            span_id: trace_ids.map(|(_, s)| s),
         };
         let mut guard = batch.lines.lock().unwrap_or_else(|p| p.into_inner());
         if guard.len() >= self.cap {

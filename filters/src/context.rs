@@ -112,6 +112,9 @@ pub struct RequestCtx {
     pub identity: Option<Arc<Identity>>,
     /// The policy decision, when the `opa` filter chose to log it.
     pub policy: Option<PolicyLog>,
+    /// The request's trace, when tracing is on (`telemetry:`): filters add events to it and
+    /// carry it into the calls they make.
+    pub trace: Option<crate::telemetry::RequestTrace>,
     /// Typed per-filter state.
     pub extensions: http::Extensions,
 }
@@ -130,6 +133,7 @@ impl RequestCtx {
             failed_endpoints: Vec::new(),
             identity: None,
             policy: None,
+            trace: None,
             extensions: http::Extensions::new(),
         }
     }
@@ -142,6 +146,18 @@ impl RequestCtx {
     /// The caller's tenant, when a verified token names one.
     pub fn tenant(&self) -> Option<&str> {
         self.identity.as_ref()?.tenant.as_deref()
+    }
+
+    /// An event on the request's server span, when the request is traced and sampled; the
+    /// attributes are only built then.
+    pub fn trace_event(
+        &self,
+        name: &'static str,
+        attributes: impl FnOnce() -> Vec<opentelemetry::KeyValue>,
+    ) {
+        if let Some(t) = self.trace.as_ref().filter(|t| t.recording()) {
+            t.event(name, attributes());
+        }
     }
 
     pub fn reject(&mut self, filter: &'static str, reason: &'static str) {

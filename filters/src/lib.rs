@@ -23,6 +23,7 @@ pub mod registry;
 pub mod request_id;
 pub mod request_target;
 pub mod router;
+pub mod telemetry;
 pub mod template;
 pub mod uac;
 pub mod units;

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod auth;
+pub mod collector;
 pub mod mcp;
 pub mod raw;
 pub mod redis;
