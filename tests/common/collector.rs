@@ -53,6 +53,7 @@ impl Collector {
             ])
             .stdout(out.reopen().unwrap())
             .stderr(out.reopen().unwrap())
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .spawn()
             .expect("rotel-agent starts");
