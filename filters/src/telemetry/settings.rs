@@ -11,6 +11,8 @@ use opentelemetry_sdk::trace::Sampler;
 use opentelemetry_sdk::Resource;
 use serde::{Deserialize, Serialize};
 
+use crate::units::HumanDuration;
+
 /// `telemetry:` as written in the config file.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -29,12 +31,8 @@ pub struct TelemetryConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<BTreeMap<String, String>>,
     /// Time one export may take (default 10 s).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "humantime_serde_opt"
-    )]
-    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
     /// `parentbased_traceidratio` (default), `parentbased_always_on`, `parentbased_always_off`,
     /// `traceidratio`, `always_on`, `always_off`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,30 +58,8 @@ pub struct TelemetryConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<usize>,
     /// The longest a finished span waits before it is exported (default 1 s).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "humantime_serde_opt"
-    )]
-    pub flush_every: Option<Duration>,
-}
-
-mod humantime_serde_opt {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
-    }
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_every: Option<HumanDuration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -214,7 +190,7 @@ impl TelemetrySettings {
                 .map_err(|_| format!("headers.{k}: not a valid header value"))?;
         }
         let timeout = match c.timeout {
-            Some(t) => t,
+            Some(t) => t.0,
             None => env_nonempty("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
                 .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_TIMEOUT"))
                 .map(|v| millis(&v, "OTEL_EXPORTER_OTLP_TIMEOUT"))
@@ -305,7 +281,7 @@ impl TelemetrySettings {
             ));
         }
         let flush_every = match c.flush_every {
-            Some(d) => d,
+            Some(d) => d.0,
             None => env_nonempty("OTEL_BSP_SCHEDULE_DELAY")
                 .map(|v| millis(&v, "OTEL_BSP_SCHEDULE_DELAY"))
                 .transpose()?
