@@ -20,6 +20,10 @@
 #            behind jwt (RS256, token cache on) + opa (embedded, the shipped
 #            example policy) + a local rate_limit; every request carries the
 #            same RS256 token (minted here with openssl). No RSS phase.
+#   stoa-traced-1, stoa-traced-100  wrk -> stoa (the stoa config) with tracing
+#            on, sampling 1% and 100% of new traces, exporting over OTLP/HTTP to
+#            a real collector (rotel, blackhole exporter, on the load core).
+#            No RSS phase; skipped when rotel is not installed.
 # Reported per target: req/s, p50, p99, errors, the proxy's CPU share and its
 # core's busy share (to spot a proxy that was not the bottleneck, or a run
 # disturbed by other load), and for the proxies: start -> first proxied 200
@@ -44,7 +48,8 @@
 #   RSS_CONNECTIONS [1000]  RSS_REQUESTS [100000]  RSS_MAX_DURATION [120s]
 #   STOA_BIN [target/release/stoa-gateway]
 #   BARE_BIN [target/release/examples/bare_pingora]
-#   NGINX [/usr/sbin/nginx]  TARGETS ["direct nginx bare stoa stoa-preset stoa-secure"]
+#   NGINX [/usr/sbin/nginx]  TARGETS ["direct nginx bare stoa stoa-preset stoa-secure
+#             stoa-traced-1 stoa-traced-100"]
 #   STARTUP_TIMEOUT [10] seconds   BUILD [0]   KEEP_TMP [0]
 #   PROXY_CPU [0]  LOAD_CPU [1]     RESULTS [benches/results/latest.md]
 #   RATE [10000] req/s (0: no fixed-rate phase)  RATE_DURATION [8s]
@@ -71,8 +76,8 @@ RSS_MAX_DURATION="${RSS_MAX_DURATION:-120s}"
 STOA_BIN="${STOA_BIN:-$ROOT/target/release/stoa-gateway}"
 BARE_BIN="${BARE_BIN:-$ROOT/target/release/examples/bare_pingora}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
-TARGETS="${TARGETS:-direct nginx bare stoa stoa-preset stoa-secure}"
-ALL_TARGETS="direct nginx bare stoa stoa-preset stoa-secure"
+TARGETS="${TARGETS:-direct nginx bare stoa stoa-preset stoa-secure stoa-traced-1 stoa-traced-100}"
+ALL_TARGETS="direct nginx bare stoa stoa-preset stoa-secure stoa-traced-1 stoa-traced-100"
 STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-10}"
 BUILD="${BUILD:-0}"
 KEEP_TMP="${KEEP_TMP:-0}"
@@ -545,11 +550,57 @@ target_stoa_secure() {
     target_pingora stoa-secure "$port" "$TMP/stoa-secure.log" "$STOA_BIN" -c "$TMP/stoa-secure.yaml"
 }
 
+# The collector the traced targets export to (rotel, the PyPI wheel the tests use), started
+# once, on the load core; its blackhole exporter accepts and discards.
+COLLECTOR_PORT=""
+start_collector() {
+  [ -n "$COLLECTOR_PORT" ] && return 0
+  local rotel grpc
+  rotel="$(python3 -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))' 2>/dev/null)"
+  [ -x "$rotel" ] || return 1
+  COLLECTOR_PORT="$(free_port)"
+  grpc="$(free_port)"
+  taskset -c "$LOAD_CPU" "$rotel" start --otlp-http-endpoint "127.0.0.1:$COLLECTOR_PORT" \
+    --otlp-grpc-endpoint "127.0.0.1:$grpc" --exporter blackhole >"$TMP/rotel.log" 2>&1 &
+  PIDS+=("$!")
+  local i
+  for ((i = 0; i < 100; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$COLLECTOR_PORT") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "rotel did not listen; log tail:"; tail -5 "$TMP/rotel.log" >&2
+  COLLECTOR_PORT=""
+  return 1
+}
+
+target_stoa_traced() { # target_stoa_traced NAME RATIO
+  stoa_present "$1" || return 0
+  if ! start_collector; then
+    log "$1: no OpenTelemetry collector (pip install rotel); skipping"
+    NOTE[$1]="no collector (rotel) installed; skipped. "
+    return 0
+  fi
+  local port admin
+  port="$(free_port)"
+  admin="$(free_port)"
+  sed -e "s/127\.0\.0\.1:18080/127.0.0.1:$port/" \
+      -e "s/127\.0\.0\.1:19901/127.0.0.1:$admin/" \
+      -e "s/127\.0\.0\.1:19000/127.0.0.1:$UP_PORT/" \
+      -e "s#/tmp/stoa-bench.pid#$TMP/$1.pid#" \
+      -e "s#/tmp/stoa-bench-upgrade.sock#$TMP/$1-upgrade.sock#" \
+      "$ROOT/benches/stoa-bench.yaml" >"$TMP/$1.yaml"
+  printf 'telemetry:\n  endpoint: http://127.0.0.1:%s\n  sampler_arg: %s\n' \
+    "$COLLECTOR_PORT" "$2" >>"$TMP/$1.yaml"
+  SKIP_RSS=1 target_pingora "$1" "$port" "$TMP/$1.log" "$STOA_BIN" -c "$TMP/$1.yaml"
+}
+
 for t in $TARGETS; do
   case "$t" in
     direct | nginx | bare | stoa) "target_$t" ;;
     stoa-preset) target_stoa_preset ;;
     stoa-secure) target_stoa_secure ;;
+    stoa-traced-1) target_stoa_traced stoa-traced-1 0.01 ;;
+    stoa-traced-100) target_stoa_traced stoa-traced-100 1 ;;
     *) die "unknown target $t (want: $ALL_TARGETS)" ;;
   esac
 done
@@ -592,6 +643,8 @@ add_ratio "bare pingora / nginx" bare nginx
 add_ratio "stoa-preset / bare pingora" stoa-preset bare
 add_ratio "stoa-preset / stoa" stoa-preset stoa
 add_ratio "stoa-secure / stoa" stoa-secure stoa
+add_ratio "stoa-traced-1 / stoa" stoa-traced-1 stoa
+add_ratio "stoa-traced-100 / stoa" stoa-traced-100 stoa
 
 RSSROWS=""
 for t in nginx bare stoa stoa-preset; do
@@ -648,7 +701,7 @@ mkdir -p "$(dirname "$RESULTS")"
   echo "- Machine: $(nproc) CPUs, $HOST_CPU, kernel $(uname -r)"
   echo "- Proxy under test pinned to CPU $PROXY_CPU, one worker thread; upstream (nginx, 1 worker, \`return 200 \"ok\\n\"\`) and wrk pinned to CPU $LOAD_CPU"
   echo "- Load: \`wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency\` after a $WARMUP warmup, HTTP/1.1 keep-alive, plaintext; $RUNS run(s) per target, the $( [ "$PICK" = median ] && echo "median" || echo "best (highest req/s)") run shown (all runs listed at the end)"
-  echo "- Targets: direct = wrk straight to the upstream; nginx = 1 worker, \`proxy_pass\` with an upstream keepalive pool; bare = \`benches/bare_pingora.rs\` (Pingora, no filters, mimalloc, 1 thread); stoa = \`stoa-gateway -c benches/stoa-bench.yaml\` (1 thread, a single router route); stoa-preset = \`stoa-gateway --mode=proxy --port --upstream --admin-address\` (the shipped preset: request_id, access_log to stdout (/dev/null), router); stoa-secure = \`stoa-gateway -c benches/stoa-secure.yaml\` (the stoa route behind jwt RS256 with the token cache, embedded opa and a local rate_limit; one token on every request)"
+  echo "- Targets: direct = wrk straight to the upstream; nginx = 1 worker, \`proxy_pass\` with an upstream keepalive pool; bare = \`benches/bare_pingora.rs\` (Pingora, no filters, mimalloc, 1 thread); stoa = \`stoa-gateway -c benches/stoa-bench.yaml\` (1 thread, a single router route); stoa-preset = \`stoa-gateway --mode=proxy --port --upstream --admin-address\` (the shipped preset: request_id, access_log to stdout (/dev/null), router); stoa-secure = \`stoa-gateway -c benches/stoa-secure.yaml\` (the stoa route behind jwt RS256 with the token cache, embedded opa and a local rate_limit; one token on every request); stoa-traced-1 / stoa-traced-100 = stoa with \`telemetry:\` on (sampler parent-based ratio 0.01 / 1, OTLP/HTTP export to rotel with its blackhole exporter, on the load core)"
   echo "- Tools: nginx $NGINX_VERSION, $WRK_VERSION${STOA_VERSION:+, $STOA_VERSION}"
   echo
   echo "## Throughput and latency"

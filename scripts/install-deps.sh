@@ -5,8 +5,8 @@
 # tests, which start a real redis-server per test, prometheus for `promtool check rules` on
 # docker/observability/, valgrind for benches/instructions.sh), the official MCP Python and TypeScript SDKs, openapi-spec-validator
 # for the OpenAPI documents shadow mode writes, the Python h2 package for the HTTP/2 attack
-# tests,
-# the MCP integration tests drive the gateway with, and cargo-nextest when it is missing.
+# tests, rotel (an OpenTelemetry collector) and the OpenTelemetry Python SDK for the tracing
+# tests, the MCP integration tests drive the gateway with, and cargo-nextest when it is missing.
 set -euo pipefail
 
 packages=(cmake pkg-config libssl-dev openssl curl nginx-light wrk redis-server prometheus valgrind)
@@ -51,6 +51,15 @@ ROTEL_VERSION="0.0.1a15"
 if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("rotel"))' 2>/dev/null)" != "$ROTEL_VERSION" ]]; then
   echo "install-deps: installing the rotel collector (rotel==$ROTEL_VERSION)"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "rotel==$ROTEL_VERSION"
+fi
+# The federated tracing test's upstream (the Python SDK, which traces what it serves) exports its
+# spans with the OpenTelemetry SDK and OTLP/HTTP exporter, pinned to the API the SDK brought.
+OTEL_PY_VERSION="1.45.2"
+if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("opentelemetry-exporter-otlp-proto-http"))' 2>/dev/null)" != "$OTEL_PY_VERSION" ]]; then
+  echo "install-deps: installing the OpenTelemetry Python SDK and OTLP exporter ($OTEL_PY_VERSION)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    "opentelemetry-api==$OTEL_PY_VERSION" "opentelemetry-sdk==$OTEL_PY_VERSION" \
+    "opentelemetry-exporter-otlp-proto-http==$OTEL_PY_VERSION"
 fi
 # ... and the official TypeScript SDK (tests/fixtures/ts, versions pinned by its lock file).
 TS_DIR="$(dirname "$0")/../tests/fixtures/ts"

@@ -124,6 +124,7 @@ impl ServeHttp for AdminApp {
                 ),
             },
             "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics()),
+            "/logging" => logging(session).await,
             "/config" => {
                 let body = serde_json::json!({
                     "version": state.version,
@@ -136,7 +137,7 @@ impl ServeHttp for AdminApp {
                 )
             }
             _ => {
-                let mut endpoints = vec!["/health", "/ready", "/metrics", "/config"];
+                let mut endpoints = vec!["/health", "/ready", "/metrics", "/config", "/logging"];
                 endpoints.extend(state.admin_endpoints.iter().map(|e| e.path()));
                 let body = serde_json::json!({
                     "error": "not found",
@@ -146,6 +147,44 @@ impl ServeHttp for AdminApp {
                 reply(404, "application/json", body.to_string().into_bytes())
             }
         }
+    }
+}
+
+/// `GET /logging`: the log level or filter in force; `PUT /logging` with `{"level": "..."}`
+/// (a level, or a filter such as `info,stoa_filters::mcp=debug`) replaces it until the next
+/// restart.
+async fn logging(session: &mut ServerSession) -> Response<Vec<u8>> {
+    let json = |status: u16, body: serde_json::Value| {
+        reply(status, "application/json", body.to_string().into_bytes())
+    };
+    match session.req_header().method.as_str() {
+        "GET" | "HEAD" => json(200, serde_json::json!({ "level": crate::logging::level() })),
+        "PUT" | "POST" => {
+            let body = match read_body(session).await {
+                Ok(body) => body,
+                Err(too_large) => return too_large,
+            };
+            let level = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("level").and_then(|l| l.as_str()).map(str::to_string));
+            let Some(level) = level else {
+                return json(
+                    400,
+                    serde_json::json!({"error": "expected {\"level\": \"...\"}", "status": 400}),
+                );
+            };
+            match crate::logging::set_level(&level) {
+                Ok(()) => {
+                    tracing::info!(filter = %level, "log level changed through the admin API");
+                    json(200, serde_json::json!({ "level": level }))
+                }
+                Err(why) => json(400, serde_json::json!({"error": why, "status": 400})),
+            }
+        }
+        _ => json(
+            405,
+            serde_json::json!({"error": "GET or PUT /logging", "status": 405}),
+        ),
     }
 }
 

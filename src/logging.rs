@@ -2,6 +2,9 @@
 //! human-readable otherwise. Pingora's own `log` records are captured too. Request-scoped lines
 //! carry `request_id`; no credential header or token value is ever a field.
 //!
+//! The level filter can be replaced at run time (`set_level`, served by the admin API's
+//! `PUT /logging`); `level` says which one is in force.
+//!
 //! Warnings and errors are rate-limited per call site (`MAX_LINES_PER_SECOND`, the rest dropped
 //! and counted in `stoa_log_lines_suppressed_total`): clients can make the gateway log (slow
 //! clients cut off, upstream failures), and must not be able to fill its disk with it.
@@ -47,19 +50,66 @@ fn within_rate(site: usize) -> bool {
     true
 }
 
-pub fn init(level: &str) {
-    // Pingora logs whole request headers (Authorization, Cookie) at debug level, and at info
-    // it narrates its own start-up with source paths: keep its crates at warn unless the
-    // user's filter names them explicitly (the gateway's own start-up line says where it
-    // listens).
-    let level = if level.contains("pingora") {
+/// The filter as given (before Pingora's crates are quietened), and the handle that replaces
+/// the one in force.
+struct LevelControl {
+    given: Mutex<String>,
+    replace: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>,
+}
+
+static LEVEL: once_cell::sync::OnceCell<LevelControl> = once_cell::sync::OnceCell::new();
+
+/// The `EnvFilter` for a level or filter directive: Pingora logs whole request headers
+/// (Authorization, Cookie) at debug level, and at info it narrates its own start-up with source
+/// paths, so its crates stay at warn unless the filter names them explicitly (the gateway's
+/// own start-up line says where it listens).
+fn env_filter(level: &str) -> Result<EnvFilter, String> {
+    let directives = if level.contains("pingora") {
         level.to_string()
     } else {
         format!("{level},pingora_proxy=warn,pingora_core=warn,pingora_load_balancing=warn")
     };
-    let filter = EnvFilter::try_new(&level)
-        .or_else(|_| EnvFilter::try_new("info"))
-        .expect("the info filter is valid");
+    EnvFilter::try_new(directives).map_err(|e| format!("not a log level or filter: {e}"))
+}
+
+/// The level or filter in force, as it was given.
+pub fn level() -> Option<String> {
+    LEVEL.get().map(|c| {
+        c.given
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    })
+}
+
+/// Replace the level filter in force (`info`, `debug`, `warn,stoa_filters::mcp=debug`...).
+pub fn set_level(level: &str) -> Result<(), String> {
+    let level = level.trim();
+    if level.is_empty() || level.len() > 1024 {
+        return Err("a level or filter of 1 to 1024 bytes is required".into());
+    }
+    let control = LEVEL.get().ok_or("logging is not initialised")?;
+    (control.replace)(env_filter(level)?)?;
+    *control
+        .given
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = level.to_string();
+    Ok(())
+}
+
+pub fn init(level: &str) {
+    let (filter, given) = match env_filter(level) {
+        Ok(f) => (f, level.to_string()),
+        Err(_) => (
+            env_filter("info").expect("info is valid"),
+            "info".to_string(),
+        ),
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LEVEL.set(LevelControl {
+        given: Mutex::new(given),
+        replace: Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())),
+    });
     // Dynamic: evaluated for every event (a plain `filter_fn` is cached per call site).
     let rate = dynamic_filter_fn(|meta, _| {
         !meta.is_event()

@@ -424,8 +424,11 @@ impl ProxyHttp for Gateway {
             }
         }
         ensure_request_id(&mut ctx.req);
+        let ids = ctx.req.trace.as_ref().map(|t| t.ids());
         warn!(
             request_id = %ctx.req.request_id,
+            trace_id = ids.as_ref().map(|(t, _)| t.as_str()),
+            span_id = ids.as_ref().map(|(_, s)| s.as_str()),
             listener = %ctx.req.listener,
             route = ctx.req.route_name(),
             upstream = %peer._address,
@@ -518,8 +521,11 @@ impl ProxyHttp for Gateway {
         let chain = ctx.chain.clone();
         if let Some(e) = e {
             if status >= 500 || status == 0 {
+                let ids = ctx.req.trace.as_ref().map(|t| t.ids());
                 warn!(
                     request_id = %ctx.req.request_id,
+                    trace_id = ids.as_ref().map(|(t, _)| t.as_str()),
+                    span_id = ids.as_ref().map(|(_, s)| s.as_str()),
                     listener,
                     route = ctx.req.route_name(),
                     status,

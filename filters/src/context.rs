@@ -160,6 +160,11 @@ impl RequestCtx {
         }
     }
 
+    /// A handle on the span the request's own outgoing calls continue from, when it is traced.
+    pub fn span(&self) -> Option<crate::telemetry::SpanRef> {
+        self.trace.as_ref().map(|t| t.span_ref())
+    }
+
     pub fn reject(&mut self, filter: &'static str, reason: &'static str) {
         self.rejection = Some(Rejection { filter, reason });
     }

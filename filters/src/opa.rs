@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
+use opentelemetry::KeyValue;
 use pingora_core::Result;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
@@ -25,6 +26,7 @@ use crate::build::BuildContext;
 use crate::context::{PolicyLog, RequestCtx};
 use crate::filter::{phase, Filter, FilterAction, LocalResponse};
 use crate::headers::CREDENTIAL_HEADERS;
+use crate::telemetry::{outbound, SpanRef};
 use crate::units::HumanDuration;
 
 /// The environment variable naming an external OPA server, for `opa` filters that set neither
@@ -528,7 +530,11 @@ impl Opa {
         }
     }
 
-    async fn decide(&self, input: Rego) -> std::result::Result<Decision, String> {
+    async fn decide(
+        &self,
+        input: Rego,
+        span: Option<&SpanRef>,
+    ) -> std::result::Result<Decision, String> {
         let result = match &self.engine {
             Engine::Embedded(policy) => policy.evaluate(input)?,
             Engine::External {
@@ -537,12 +543,11 @@ impl Opa {
                 timeout,
             } => {
                 let (client, url, timeout) = (client.clone(), url.clone(), *timeout);
+                let span = span.cloned();
                 // On the background runtime, which owns the client's pooled connections.
                 let call = crate::background::handle().spawn(async move {
-                    let resp = client
-                        .post(&url)
-                        .json(&json!({ "input": input }))
-                        .send()
+                    let post = client.post(&url).json(&json!({ "input": input }));
+                    let resp = outbound::send(post, span.as_ref(), "opa")
                         .await
                         .map_err(|e| format!("POST {url}: {e}"))?;
                     if !resp.status().is_success() {
@@ -564,14 +569,29 @@ impl Opa {
         Decision::from_result(&result)
     }
 
-    /// Decide, counting the decision (`stoa_opa_decisions_total`) and logging a failure.
-    async fn judge(&self, input: Rego, request_id: &str) -> std::result::Result<Decision, String> {
-        let outcome = self.decide(input).await;
+    /// Decide, counting the decision (`stoa_opa_decisions_total`), logging a failure, and
+    /// recording it as an `opa.decision` event on the request's span when traced.
+    async fn judge(
+        &self,
+        input: Rego,
+        request_id: &str,
+        span: Option<&SpanRef>,
+    ) -> std::result::Result<Decision, String> {
+        let started = std::time::Instant::now();
+        let outcome = self.decide(input, span).await;
         let result = match &outcome {
             Ok(d) if d.allow => "allow",
             Ok(_) => "deny",
             Err(e) => {
-                warn!(request_id, error = %e, fail_open = self.fail_open, "policy evaluation failed");
+                let ids = span.map(SpanRef::ids);
+                warn!(
+                    request_id,
+                    trace_id = ids.as_ref().map(|(t, _)| t.as_str()),
+                    span_id = ids.as_ref().map(|(_, s)| s.as_str()),
+                    error = %e,
+                    fail_open = self.fail_open,
+                    "policy evaluation failed"
+                );
                 "error"
             }
         };
@@ -579,6 +599,16 @@ impl Opa {
             .opa_decisions
             .with_label_values(&[self.engine_label(), result])
             .inc();
+        if let Some(span) = span.filter(|s| s.recording()) {
+            span.event(
+                "opa.decision",
+                vec![
+                    KeyValue::new("opa.result", result),
+                    KeyValue::new("opa.engine", self.engine_label()),
+                    KeyValue::new("duration_ms", started.elapsed().as_secs_f64() * 1e3),
+                ],
+            );
+        }
         outcome
     }
 
@@ -588,8 +618,9 @@ impl Opa {
         &self,
         input: Rego,
         request_id: &str,
+        span: Option<&SpanRef>,
     ) -> std::result::Result<(), String> {
-        match self.judge(input, request_id).await {
+        match self.judge(input, request_id, span).await {
             Ok(d) if d.allow => Ok(()),
             Ok(d) => Err(d.reason.unwrap_or_else(|| "denied by policy".to_string())),
             Err(_) if self.fail_open => Ok(()),
@@ -620,7 +651,8 @@ impl Filter for Opa {
         ctx: &mut RequestCtx,
     ) -> Result<FilterAction> {
         let input = input_document(session.req_header(), ctx);
-        match self.judge(input, &ctx.request_id).await {
+        let span = ctx.span();
+        match self.judge(input, &ctx.request_id, span.as_ref()).await {
             Ok(d) if d.allow => {
                 if self.sample_allow() {
                     ctx.policy = Some(PolicyLog {

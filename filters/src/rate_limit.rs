@@ -652,6 +652,7 @@ impl Filter for RateLimit {
         ctx: &mut RequestCtx,
     ) -> Result<FilterAction> {
         let keys = self.keys(session, ctx);
+        let started = std::time::Instant::now();
         let outcomes = match &self.redis {
             None => keys.iter().map(|(l, k)| l.check(k)).collect::<Vec<_>>(),
             Some(redis) => match redis.check(&keys).await {
@@ -678,6 +679,24 @@ impl Filter for RateLimit {
                 (false, true) => "dry_run_limited",
             };
             m.with_label_values(&[&l.spec.name, result]).inc();
+            ctx.trace_event("rate_limit.decision", || {
+                vec![
+                    opentelemetry::KeyValue::new("rate_limit.name", l.spec.name.clone()),
+                    opentelemetry::KeyValue::new("rate_limit.result", result),
+                    opentelemetry::KeyValue::new(
+                        "rate_limit.backend",
+                        if self.redis.is_some() {
+                            "redis"
+                        } else {
+                            "local"
+                        },
+                    ),
+                    opentelemetry::KeyValue::new(
+                        "duration_ms",
+                        started.elapsed().as_secs_f64() * 1e3,
+                    ),
+                ]
+            });
         }
         if self.dry_run {
             return Ok(FilterAction::Continue);

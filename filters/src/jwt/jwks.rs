@@ -16,6 +16,7 @@ use super::config::JwtConfig;
 use super::verify::{is_hmac, KeyRules};
 use crate::build::BuildContext;
 use crate::jwt::metrics::METRICS;
+use crate::telemetry::{outbound, SpanRef};
 
 /// One verification key with the validation rules it may be used with.
 pub(super) struct VerifyKey {
@@ -81,12 +82,14 @@ impl RemoteKeys {
             .map(|t| t.elapsed())
     }
 
-    /// Fetch now (on the background runtime); on failure the previous keys stay.
-    async fn fetch(self: &Arc<Self>) -> bool {
+    /// Fetch now (on the background runtime); on failure the previous keys stay. `span`: the
+    /// request that needs the keys, when traced (its calls are client spans of it).
+    async fn fetch(self: &Arc<Self>, span: Option<&SpanRef>) -> bool {
         *self.last_attempt.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let me = self.clone();
+        let span = span.cloned();
         let result = crate::background::handle()
-            .spawn(async move { me.download().await })
+            .spawn(async move { me.download(span.as_ref()).await })
             .await
             .unwrap_or_else(|e| Err(format!("fetch task failed: {e}")));
         self.attempted.store(true, Ordering::Release);
@@ -107,12 +110,13 @@ impl RemoteKeys {
         }
     }
 
-    async fn get_json(&self, url: &str) -> std::result::Result<serde_json::Value, String> {
-        let resp = self
-            .client
-            .get(url)
-            .timeout(self.timeout)
-            .send()
+    async fn get_json(
+        &self,
+        url: &str,
+        span: Option<&SpanRef>,
+    ) -> std::result::Result<serde_json::Value, String> {
+        let get = self.client.get(url).timeout(self.timeout);
+        let resp = outbound::send(get, span, "jwks")
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
         if !resp.status().is_success() {
@@ -123,12 +127,12 @@ impl RemoteKeys {
             .map_err(|e| format!("GET {url}: invalid JSON: {e}"))
     }
 
-    async fn download(&self) -> std::result::Result<Vec<Jwk>, String> {
+    async fn download(&self, span: Option<&SpanRef>) -> std::result::Result<Vec<Jwk>, String> {
         let jwks_url = match &self.source {
             RemoteSource::Jwks(url) => url.clone(),
             RemoteSource::Discovery(issuer) => {
                 let url = format!("{issuer}/.well-known/openid-configuration");
-                let doc = self.get_json(&url).await?;
+                let doc = self.get_json(&url, span).await?;
                 if doc.get("issuer").and_then(|v| v.as_str()) != Some(issuer.as_str()) {
                     return Err(format!(
                         "{url}: the document's issuer is not `{issuer}` (OpenID Connect Discovery 1.0 §4.3)"
@@ -140,7 +144,7 @@ impl RemoteKeys {
                     .to_string()
             }
         };
-        let doc = self.get_json(&jwks_url).await?;
+        let doc = self.get_json(&jwks_url, span).await?;
         parse_jwks(&doc)
     }
 }
@@ -400,7 +404,7 @@ impl KeyStore {
         if stale && may && !remote.refreshing.swap(true, Ordering::AcqRel) {
             let remote = remote.clone();
             crate::background::handle().spawn(async move {
-                remote.fetch().await;
+                remote.fetch(None).await;
                 remote.refreshing.store(false, Ordering::Release);
             });
         }
@@ -421,7 +425,7 @@ impl KeyStore {
             if remote.jwks.load().1.is_none() && !remote.refreshing.swap(true, Ordering::AcqRel) {
                 let remote = remote.clone();
                 crate::background::handle().spawn(async move {
-                    remote.fetch().await;
+                    remote.fetch(None).await;
                     remote.refreshing.store(false, Ordering::Release);
                 });
             }
@@ -430,7 +434,12 @@ impl KeyStore {
 
     /// The keys that may verify a token with this `kid` and `alg`, fetching remote keys on
     /// demand.
-    pub(super) async fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> KeyLookup {
+    pub(super) async fn lookup(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+        span: Option<&SpanRef>,
+    ) -> KeyLookup {
         let set = self.current();
         self.maybe_refresh_in_background(&set);
         let found = Self::candidates(&set, kid, alg);
@@ -450,7 +459,7 @@ impl KeyStore {
                 .since_last_attempt()
                 .is_none_or(|t| t >= self.min_refresh_interval)
         {
-            remote.fetch().await;
+            remote.fetch(span).await;
             found = Self::candidates(&self.current(), kid, alg);
         }
         if !found.is_empty() {

@@ -15,6 +15,7 @@ mod verify;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
+use opentelemetry::KeyValue;
 use pingora_core::Result;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
@@ -231,10 +232,29 @@ impl Filter for Jwt {
         if auth == RouteAuth::Anonymous {
             return Ok(FilterAction::Continue);
         }
+        let started = std::time::Instant::now();
+        let span = ctx.span();
         let verdict = match self.token(session.req_header()) {
             None => Verdict::Missing,
-            Some(token) => self.verify(token).await,
+            Some(token) => self.verify(token, span.as_ref()).await,
         };
+        if let Some(span) = span.filter(|s| s.recording()) {
+            let (result, cache) = match &verdict {
+                Verdict::Ok(_, true) => ("ok", "hit"),
+                Verdict::Ok(_, false) => ("ok", "miss"),
+                Verdict::Missing => ("missing", "none"),
+                Verdict::Invalid(r) => (r.label, "miss"),
+                Verdict::Unavailable => ("keys_unavailable", "miss"),
+            };
+            span.event(
+                "jwt.verified",
+                vec![
+                    KeyValue::new("jwt.result", result),
+                    KeyValue::new("jwt.cache", cache),
+                    KeyValue::new("duration_ms", started.elapsed().as_secs_f64() * 1e3),
+                ],
+            );
+        }
         let m = &METRICS.jwt_validations;
         let (identity, cached) = match verdict {
             Verdict::Ok(identity, cached) => (identity, cached),

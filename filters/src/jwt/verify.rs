@@ -14,6 +14,7 @@ use super::config::JwtConfig;
 use super::jwks::KeyLookup;
 use super::Jwt;
 use crate::context::Identity;
+use crate::telemetry::SpanRef;
 
 /// What a key must satisfy; shared by every key of one filter.
 #[derive(Clone)]
@@ -148,7 +149,7 @@ impl Jwt {
         &self,
         token: &str,
     ) -> std::result::Result<Arc<Identity>, &'static str> {
-        match self.verify(token).await {
+        match self.verify(token, None).await {
             Verdict::Ok(identity, _) => Ok(identity),
             Verdict::Missing => Err("missing"),
             Verdict::Invalid(r) => Err(r.label),
@@ -156,7 +157,8 @@ impl Jwt {
         }
     }
 
-    pub(super) async fn verify(&self, token: &str) -> Verdict {
+    /// `span`: the request's span, when traced (an on-demand key fetch is a client span of it).
+    pub(super) async fn verify(&self, token: &str, span: Option<&SpanRef>) -> Verdict {
         let digest: Option<[u8; 32]> = self.cache.as_ref().map(|_| Sha256::digest(token).into());
         if let (Some(cache), Some(d)) = (&self.cache, &digest) {
             if let Some(identity) = cache.get(d) {
@@ -180,7 +182,11 @@ impl Jwt {
         if !self.allowed.contains(&header.alg) {
             return Verdict::Invalid(refusal(&ErrorKind::InvalidAlgorithm));
         }
-        let keys = match self.keys.lookup(header.kid.as_deref(), header.alg).await {
+        let keys = match self
+            .keys
+            .lookup(header.kid.as_deref(), header.alg, span)
+            .await
+        {
             KeyLookup::Found(k) => k,
             KeyLookup::NoKey => {
                 return Verdict::Invalid(Refusal {
@@ -474,19 +480,25 @@ mod tests {
     async fn verified_tokens_are_cached() {
         let jwt = filter(json!({}));
         let token = hs256(&claims(json!({})), SECRET);
-        assert!(matches!(jwt.verify(&token).await, Verdict::Ok(_, false)));
-        assert!(matches!(jwt.verify(&token).await, Verdict::Ok(_, true)));
-        // A refused token is not remembered.
-        let bad = hs256(&claims(json!({})), "another-secret-0123456789abcdef");
-        assert!(matches!(jwt.verify(&bad).await, Verdict::Invalid(_)));
-        assert!(matches!(jwt.verify(&bad).await, Verdict::Invalid(_)));
-        let uncached = filter(json!({"cache_size": 0}));
         assert!(matches!(
-            uncached.verify(&token).await,
+            jwt.verify(&token, None).await,
             Verdict::Ok(_, false)
         ));
         assert!(matches!(
-            uncached.verify(&token).await,
+            jwt.verify(&token, None).await,
+            Verdict::Ok(_, true)
+        ));
+        // A refused token is not remembered.
+        let bad = hs256(&claims(json!({})), "another-secret-0123456789abcdef");
+        assert!(matches!(jwt.verify(&bad, None).await, Verdict::Invalid(_)));
+        assert!(matches!(jwt.verify(&bad, None).await, Verdict::Invalid(_)));
+        let uncached = filter(json!({"cache_size": 0}));
+        assert!(matches!(
+            uncached.verify(&token, None).await,
+            Verdict::Ok(_, false)
+        ));
+        assert!(matches!(
+            uncached.verify(&token, None).await,
             Verdict::Ok(_, false)
         ));
     }

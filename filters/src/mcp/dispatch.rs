@@ -12,6 +12,7 @@ use super::federation;
 use super::http::{Reply, SESSION_HEADER};
 use super::jsonrpc::{self, Incoming, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND};
 use super::server::{Caller, McpCore};
+use super::spans;
 use super::upstream::MessageSink;
 use crate::mcp::metrics::METRICS;
 
@@ -190,54 +191,64 @@ impl McpCore {
             }
             Err(e) => return Some(e.0),
         };
-        let federated = self.federation.is_some();
-        let outcome = match method.as_str() {
-            "ping" => Ok(json!({})),
-            "initialize" => Err((INVALID_REQUEST, "initialize cannot be batched".to_string())),
-            "tools/list" => self.list_tools(&params, caller).await,
-            "tools/call" => {
-                return Some(self.call_tool(id, message, &params, caller, related).await)
+        let (method, params) = (method.as_str(), &params);
+        let span = spans::request_span(caller, method, params, &id);
+        let span = span.as_ref();
+        // the answer, with every early return of the method's arms ending here
+        let answer = async {
+            let federated = self.federation.is_some();
+            let outcome = match method {
+                "ping" => Ok(json!({})),
+                "initialize" => Err((INVALID_REQUEST, "initialize cannot be batched".to_string())),
+                "tools/list" => self.list_tools(params, caller).await,
+                "tools/call" => {
+                    return self
+                        .call_tool(id, message, params, caller, related, span)
+                        .await
+                }
+                "prompts/list" | "resources/list" | "resources/templates/list" if federated => {
+                    let key = match method {
+                        "prompts/list" => "prompts",
+                        "resources/list" => "resources",
+                        _ => "resourceTemplates",
+                    };
+                    let items = self.federation().list(key);
+                    self.paginate(items, params, key)
+                }
+                "prompts/get"
+                | "resources/read"
+                | "resources/subscribe"
+                | "resources/unsubscribe"
+                | "completion/complete"
+                    if federated =>
+                {
+                    return self.relay_request(message, id, caller, related, span).await;
+                }
+                "logging/setLevel" if federated => {
+                    self.federation()
+                        .clone()
+                        .set_level(caller.client(), message.clone())
+                        .await;
+                    Ok(json!({}))
+                }
+                _ => Err((METHOD_NOT_FOUND, format!("method not found: {method}"))),
+            };
+            match outcome {
+                Ok(result) => {
+                    self.count(method, "", "ok");
+                    jsonrpc::result(id, result)
+                }
+                Err((code, message)) => {
+                    self.count(method, "", "error");
+                    jsonrpc::error(id, code, &message)
+                }
             }
-            "prompts/list" | "resources/list" | "resources/templates/list" if federated => {
-                let key = match method.as_str() {
-                    "prompts/list" => "prompts",
-                    "resources/list" => "resources",
-                    _ => "resourceTemplates",
-                };
-                let items = self.federation().list(key);
-                self.paginate(items, &params, key)
-            }
-            "prompts/get"
-            | "resources/read"
-            | "resources/subscribe"
-            | "resources/unsubscribe"
-            | "completion/complete"
-                if federated =>
-            {
-                return Some(
-                    self.relay_request(message, &method, &params, id, caller, related)
-                        .await,
-                );
-            }
-            "logging/setLevel" if federated => {
-                self.federation()
-                    .clone()
-                    .set_level(caller.client(), message.clone())
-                    .await;
-                Ok(json!({}))
-            }
-            _ => Err((METHOD_NOT_FOUND, format!("method not found: {method}"))),
-        };
-        Some(match outcome {
-            Ok(result) => {
-                self.count(&method, "", "ok");
-                jsonrpc::result(id, result)
-            }
-            Err((code, message)) => {
-                self.count(&method, "", "error");
-                jsonrpc::error(id, code, &message)
-            }
-        })
+        }
+        .await;
+        if let Some(span) = span {
+            spans::record_answer(span, &answer);
+        }
+        Some(answer)
     }
 
     /// One page of a list, with the cursor of the next.

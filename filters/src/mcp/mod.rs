@@ -23,6 +23,7 @@ pub mod metrics;
 mod relay;
 mod server;
 pub mod session;
+mod spans;
 mod state;
 pub mod stateless;
 pub mod streams;

@@ -11,8 +11,10 @@ use super::dispatch::{FORBIDDEN, REQUEST_CANCELLED, RESOURCE_NOT_FOUND};
 use super::federation::Federation;
 use super::jsonrpc::{self, INVALID_PARAMS};
 use super::server::{Caller, McpCore};
+use super::spans;
 use super::stateless;
 use super::upstream::MessageSink;
+use crate::telemetry::SpanRef;
 
 impl McpCore {
     /// Whether a message is a request relayed to a federated upstream.
@@ -43,12 +45,13 @@ impl McpCore {
     pub(super) async fn relay_request(
         &self,
         message: &Value,
-        method: &str,
-        params: &Value,
         id: Value,
         caller: &Caller,
         related: &MessageSink,
+        span: Option<&SpanRef>,
     ) -> Value {
+        let method = message.get("method").and_then(Value::as_str).unwrap_or("");
+        let params = &message["params"];
         let fed = self.federation();
         let mut forwarded = message.clone();
         let owner = match method {
@@ -79,7 +82,7 @@ impl McpCore {
             self.count(method, "", "denied");
             return jsonrpc::error(id, FORBIDDEN, &format!("forbidden: {reason}"));
         }
-        let answer = self.relay(index, caller, forwarded, related).await;
+        let answer = self.relay(index, caller, forwarded, related, span).await;
         let status = if answer.get("error").is_some() {
             "error"
         } else {
@@ -90,13 +93,26 @@ impl McpCore {
     }
 
     /// Relay a request to upstream `index` and wait for its answer; the client can cancel it.
+    /// Traced (`span`: the request's MCP span), the relay is a client span whose context the
+    /// upstream receives in `params._meta`, and the requests the upstream sends the client
+    /// about it get spans of their own.
     pub(super) async fn relay(
         &self,
         index: usize,
         caller: &Caller,
-        message: Value,
+        mut message: Value,
         related: &MessageSink,
+        span: Option<&SpanRef>,
     ) -> Value {
+        let relay_span = span.map(|s| {
+            let upstream = self.federation().upstream_name(index);
+            spans::relay_span(s, caller, upstream, &mut message)
+        });
+        let related = match &relay_span {
+            Some(s) => spans::traced_sink(related.clone(), s, caller),
+            None => related.clone(),
+        };
+        let related = &related;
         let (message, related, client_id) = if caller.stateless {
             stateless::isolate(message, related, caller.log_level.as_deref())
         } else {
@@ -108,7 +124,7 @@ impl McpCore {
             self.federation()
                 .clone()
                 .forward(index, caller.client(), message, related);
-        match self.cancellable(caller, &id, Some(index), forwarding).await {
+        let answer = match self.cancellable(caller, &id, Some(index), forwarding).await {
             Some(mut answer) => {
                 answer["id"] = client_id;
                 answer
@@ -118,6 +134,10 @@ impl McpCore {
                 REQUEST_CANCELLED,
                 "request cancelled by the client",
             ),
+        };
+        if let Some(s) = &relay_span {
+            spans::record_answer(s, &answer);
         }
+        answer
     }
 }

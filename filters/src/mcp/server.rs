@@ -21,6 +21,7 @@ use crate::build::BuildContext;
 use crate::context::RequestCtx;
 use crate::opa::{self, Opa};
 use crate::rate_limit::RateLimit;
+use crate::telemetry::SpanRef;
 
 /// One `mcp` filter instance's state (behind the `Mcp` filter's `Arc`).
 pub(super) struct McpCore {
@@ -69,6 +70,9 @@ pub(super) struct Caller {
     /// A request of the stateless revision (no session), and the log level it asked for.
     pub(super) stateless: bool,
     pub(super) log_level: Option<String>,
+    /// The HTTP request's server span, when it is traced: the parent of this caller's MCP
+    /// spans (unless a message carries its own context in `params._meta`).
+    pub(super) trace: Option<SpanRef>,
 }
 
 impl Caller {
@@ -272,6 +276,7 @@ impl McpCore {
             stream_path: stream_path.to_string(),
             stateless: false,
             log_level: None,
+            trace: ctx.trace.as_ref().map(|t| t.server_ref()),
         }
     }
 }
@@ -301,6 +306,7 @@ pub(super) fn caller_for_test(stateless: bool) -> Caller {
         stream_path: "/mcp".into(),
         stateless,
         log_level: None,
+        trace: None,
     }
 }
 

@@ -17,6 +17,7 @@ use super::server::{Caller, McpCore};
 use super::tools;
 use super::upstream::MessageSink;
 use crate::mcp::metrics::METRICS;
+use crate::telemetry::SpanRef;
 
 /// Calls in flight, by session and JSON-RPC id, so `notifications/cancelled` can abort them
 /// (and tell the federated upstream serving one, by its index).
@@ -95,7 +96,9 @@ impl McpCore {
             let mcp = json!({"method": method, "tool": tool, "arguments": arguments});
             fields.insert(Rego::from("mcp"), Rego::from(mcp));
         }
-        policy.authorize(input, &caller.request_id).await
+        policy
+            .authorize(input, &caller.request_id, caller.trace.as_ref())
+            .await
     }
 
     /// Abort the call in flight for `request_id` in this session (and its backend request),
@@ -127,6 +130,7 @@ impl McpCore {
         params: &Value,
         caller: &Caller,
         related: &MessageSink,
+        span: Option<&SpanRef>,
     ) -> Value {
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             self.count("tools/call", "", "error");
@@ -205,7 +209,7 @@ impl McpCore {
         }
         let started = Instant::now();
         let result = match (local, remote) {
-            (Some(tool), _) => match self.call_local(&tool, arguments, &id, caller).await {
+            (Some(tool), _) => match self.call_local(&tool, arguments, &id, caller, span).await {
                 Ok(result) => result,
                 Err(error) => return error,
             },
@@ -213,7 +217,7 @@ impl McpCore {
                 // The upstream's answer goes back as it is (with fields we do not know).
                 let mut forwarded = message.clone();
                 forwarded["params"]["name"] = json!(original);
-                let answer = self.relay(index, caller, forwarded, related).await;
+                let answer = self.relay(index, caller, forwarded, related, span).await;
                 METRICS
                     .mcp_tool_duration
                     .with_label_values(&[name])
@@ -257,9 +261,10 @@ impl McpCore {
         arguments: Map<String, Value>,
         id: &Value,
         caller: &Caller,
+        span: Option<&SpanRef>,
     ) -> std::result::Result<Value, Value> {
         let name = tool.name.as_str();
-        let call = tool.call(&self.client, &arguments);
+        let call = tool.call(&self.client, &arguments, span);
         let Some(outcome) = self.cancellable(caller, id, None, call).await else {
             self.count("tools/call", name, "cancelled");
             return Err(jsonrpc::error(

@@ -269,11 +269,13 @@ impl Tool {
             .collect()
     }
 
-    /// Call the backend with (already validated) arguments.
+    /// Call the backend with (already validated) arguments; traced, in a client span of `span`
+    /// whose context the backend receives in its headers.
     pub async fn call(
         &self,
         client: &reqwest::Client,
         arguments: &Map<String, Value>,
+        span: Option<&crate::telemetry::SpanRef>,
     ) -> ToolOutcome {
         let mut used: Vec<&str> = Vec::new();
         let mut url = String::new();
@@ -317,7 +319,7 @@ impl Tool {
                 req = req.json(&rest);
             }
         }
-        let resp = match req.send().await {
+        let resp = match crate::telemetry::outbound::send(req, span, "mcp_tool").await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {
                 return ToolOutcome::error(format!(

@@ -21,6 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use once_cell::sync::Lazy;
+use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry::KeyValue;
 use pingora_core::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -34,6 +36,7 @@ use crate::context::RequestCtx;
 use crate::exchange::{header_pairs, Exchange, EXCHANGE_PHASES};
 use crate::filter::{Filter, FilterAction};
 use crate::mirror::metrics::METRICS;
+use crate::telemetry::{outbound, SpanRef};
 use crate::template::Template;
 use crate::units::{ByteSize, HumanDuration};
 use compare::{Comparator, CompareConfig, Difference, Observed};
@@ -366,6 +369,18 @@ impl Filter for Mirror {
         };
         // The baseline is a primary: it gets only what may safely be sent twice.
         let idempotent = self.methods.contains(&capture.method);
+        let span = ctx.trace.as_ref().filter(|t| t.recording()).map(|t| {
+            let primary = t.server.span().span_context().clone();
+            t.telemetry().start_linked(
+                format!("mirror {}", capture.method),
+                SpanKind::Internal,
+                Some(primary),
+                vec![
+                    KeyValue::new("http.route", route.clone()),
+                    KeyValue::new("stoa.mirror.primary_status", i64::from(capture.status)),
+                ],
+            )
+        });
         let shot = Shot {
             url: self.url.clone(),
             baseline_url: self
@@ -383,6 +398,7 @@ impl Filter for Mirror {
             comparator: self.comparator.clone(),
             client: self.client.clone(),
             report: self.report.clone(),
+            span,
         };
         crate::background::idle_handle().spawn(async move {
             shot.fire().await;
@@ -415,6 +431,9 @@ struct Shot {
     comparator: Arc<Comparator>,
     client: reqwest::Client,
     report: Arc<Report>,
+    /// The copy's own trace when the primary is traced and sampled: a root span linked to the
+    /// primary's server span, whose calls to the candidate and baseline are client spans.
+    span: Option<SpanRef>,
 }
 
 impl Shot {
@@ -433,7 +452,7 @@ impl Shot {
             .header("x-request-id", &self.request_id)
             .body(c.request_body.clone());
         let answer = tokio::time::timeout(self.timeout, async {
-            let resp = req.send().await?;
+            let resp = outbound::send(req, self.span.as_ref(), "mirror").await?;
             let status = resp.status().as_u16();
             let headers = header_pairs(resp.headers().iter());
             let body = resp.bytes().await?;
@@ -478,6 +497,15 @@ impl Shot {
             Err(status) => status,
         };
         self.report.record_outcome(&self.route, outcome(&candidate));
+        if let Some(span) = &self.span {
+            span.set_attribute(KeyValue::new("stoa.mirror.outcome", outcome(&candidate)));
+            if let Ok((status, _, _)) = &candidate {
+                span.set_attribute(KeyValue::new(
+                    "stoa.mirror.candidate_status",
+                    i64::from(*status),
+                ));
+            }
+        }
         METRICS
             .shadow_requests
             .with_label_values(&[&self.route, outcome(&candidate)])
@@ -528,6 +556,13 @@ impl Shot {
             .shadow_matches
             .with_label_values(&[&self.route, result])
             .inc();
+        if let Some(span) = &self.span {
+            span.set_attribute(KeyValue::new("stoa.mirror.result", result));
+            span.set_attribute(KeyValue::new(
+                "stoa.mirror.differences",
+                differences.len() as i64,
+            ));
+        }
         if !differences.is_empty() {
             self.log_mismatch(&differences);
         }
@@ -544,10 +579,13 @@ impl Shot {
         // At most 10 fields in the line (the count says how many there were).
         let shown: Vec<&Difference> = differences.iter().take(10).collect();
         let path = self.capture.path();
+        let ids = self.span.as_ref().map(SpanRef::ids);
         warn!(
             method = %self.capture.method,
             path = %path,
             request_id = %self.request_id,
+            trace_id = ids.as_ref().map(|(t, _)| t.as_str()),
+            span_id = ids.as_ref().map(|(_, s)| s.as_str()),
             route = %self.route,
             differing_fields = differences.len(),
             diff = %json!(shown),

@@ -6,11 +6,15 @@
 //! - `settings`: the section merged with the standard `OTEL_*` variables;
 //! - `propagation`: W3C trace context and baggage (the SDK's propagators) and B3, read from
 //!   client headers and written to upstream headers;
-//! - `export`: the bounded, off-request-path span queue and the OTLP exporters.
+//! - `export`: the bounded, off-request-path span queue and the OTLP exporters;
+//! - `span_ref`: a handle on one open span, for the work a request does beyond the core's spans;
+//! - `outbound`: the gateway's own HTTP calls, each in a client span with the context injected.
 
 mod export;
+pub mod outbound;
 mod propagation;
 mod settings;
+mod span_ref;
 
 use std::sync::Arc;
 
@@ -22,6 +26,7 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 pub use propagation::{extract_from_json_meta, inject_into_json_meta, HeaderPairs};
 pub use settings::{Propagator, TelemetryConfig, TelemetrySettings};
+pub use span_ref::SpanRef;
 
 use crate::build::BuildContext;
 
@@ -101,14 +106,14 @@ impl Telemetry {
         }
     }
 
-    /// A span of its own that is not part of a request (a mirror copy), linked to `link`.
+    /// The root span of a trace of its own (a mirror copy), linked to `link`.
     pub fn start_linked(
         self: &Arc<Self>,
         name: String,
         kind: SpanKind,
         link: Option<SpanContext>,
         attributes: Vec<KeyValue>,
-    ) -> Context {
+    ) -> SpanRef {
         let links = link
             .map(|l| vec![Link::with_context(l)])
             .unwrap_or_default();
@@ -119,14 +124,14 @@ impl Telemetry {
             .with_links(links)
             .with_attributes(attributes)
             .start_with_context(&self.tracer, &Context::new());
-        Context::new().with_span(span)
+        SpanRef::new(self.clone(), Context::new().with_span(span))
     }
 
     /// A child span of `parent`.
     pub fn start_child(
         &self,
         parent: &Context,
-        name: String,
+        name: impl Into<std::borrow::Cow<'static, str>>,
         kind: SpanKind,
         attributes: Vec<KeyValue>,
     ) -> Context {
@@ -201,6 +206,17 @@ impl RequestTrace {
     /// upstream attempt's span while there is one, the server span otherwise.
     pub fn current(&self) -> &Context {
         self.upstream.as_ref().unwrap_or(&self.server)
+    }
+
+    /// A handle on the span outgoing calls made for this request continue from (see
+    /// `current`).
+    pub fn span_ref(&self) -> SpanRef {
+        SpanRef::new(self.telemetry.clone(), self.current().clone())
+    }
+
+    /// A handle on the server span.
+    pub fn server_ref(&self) -> SpanRef {
+        SpanRef::new(self.telemetry.clone(), self.server.clone())
     }
 
     /// Open the client span of an upstream attempt, ending the previous attempt's.
