@@ -7,6 +7,7 @@
 #   bash fuzz/run.sh          # 10 minutes per target
 #   bash fuzz/run.sh 5        # the test command's smoke run: 5 s per target
 #   TARGETS="path_canonical config_loader" bash fuzz/run.sh 60
+#   FUZZ_PROFILE=dev bash fuzz/run.sh 5   # unoptimised build: half the build time, for smoke runs
 #
 # Needs cargo-fuzz (installed here when missing). cargo-fuzz passes nightly-only flags to
 # rustc; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
@@ -20,14 +21,19 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 ALL=$(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^stoa-fuzz$')
 TARGETS="${TARGETS:-$ALL}"
-cargo fuzz build -O --fuzz-dir . >/dev/null
+case "${FUZZ_PROFILE:-release}" in
+  release) PROFILE_FLAG=-O ;;
+  dev) PROFILE_FLAG=--dev ;;
+  *) echo "fuzz: FUZZ_PROFILE is release or dev" >&2; exit 2 ;;
+esac
+cargo fuzz build "$PROFILE_FLAG" --fuzz-dir . >/dev/null
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 status=0
 for t in $TARGETS; do
   mkdir -p "corpus/$t" "$scratch/$t" "artifacts/$t"
   log="$scratch/$t.log"
-  if cargo fuzz run -O --fuzz-dir . "$t" "$scratch/$t" "corpus/$t" -- \
+  if cargo fuzz run "$PROFILE_FLAG" --fuzz-dir . "$t" "$scratch/$t" "corpus/$t" -- \
       -max_total_time="$SECONDS_EACH" -max_len=65536 -timeout=10 -rss_limit_mb=4096 \
       -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1; then
     result="ok"
