@@ -5,8 +5,8 @@
 # tests, which start a real redis-server per test, prometheus for `promtool check rules` on
 # docker/observability/, valgrind for benches/instructions.sh), the official MCP Python and TypeScript SDKs, openapi-spec-validator
 # for the OpenAPI documents shadow mode writes, the Python h2 package for the HTTP/2 attack
-# tests, rotel (an OpenTelemetry collector) and the OpenTelemetry Python SDK for the tracing
-# tests, the MCP integration tests drive the gateway with, and cargo-nextest when it is missing.
+# tests, rotel (an OpenTelemetry collector), the OpenTelemetry Python SDK and prometheus-client
+# (its OpenMetrics parser) for the tracing tests, the MCP integration tests drive the gateway with, and cargo-nextest when it is missing.
 set -euo pipefail
 
 packages=(cmake pkg-config libssl-dev openssl curl nginx-light wrk redis-server prometheus valgrind)
@@ -60,6 +60,13 @@ if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("openteleme
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     "opentelemetry-api==$OTEL_PY_VERSION" "opentelemetry-sdk==$OTEL_PY_VERSION" \
     "opentelemetry-exporter-otlp-proto-http==$OTEL_PY_VERSION"
+fi
+# The exemplar test parses the gateway's OpenMetrics exposition with the official Python
+# Prometheus client's (strict) OpenMetrics parser.
+PROM_CLIENT_VERSION="0.26.0"
+if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("prometheus-client"))' 2>/dev/null)" != "$PROM_CLIENT_VERSION" ]]; then
+  echo "install-deps: installing prometheus-client==$PROM_CLIENT_VERSION"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "prometheus-client==$PROM_CLIENT_VERSION"
 fi
 # ... and the official TypeScript SDK (tests/fixtures/ts, versions pinned by its lock file).
 TS_DIR="$(dirname "$0")/../tests/fixtures/ts"

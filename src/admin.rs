@@ -1,6 +1,7 @@
 //! The admin listener (127.0.0.1:9901 by default): `/health` (liveness), `/ready` (every
 //! listener accepts connections and every cluster's first health check is done), `/metrics`
-//! (Prometheus text) and `/config` (the effective config, secrets redacted), plus the endpoints
+//! (Prometheus text, or OpenMetrics with exemplars to a scraper that asks), `/logging` (the
+//! log level, changeable) and `/config` (the effective config, secrets redacted), plus the endpoints
 //! the serving config's filters registered (`stoa_filters::AdminEndpoint`: `/canary`,
 //! `/shadow/report`, `/uac`, ...); `admin_guard` decides who may call what.
 
@@ -69,7 +70,9 @@ impl AdminApp {
         None
     }
 
-    fn metrics(&self) -> Vec<u8> {
+    /// `/metrics` in the Prometheus text format, or in OpenMetrics (with exemplars) when
+    /// `openmetrics`.
+    fn metrics(&self, openmetrics: bool) -> Vec<u8> {
         let state = self.state.load();
         METRICS.upstream_healthy.reset();
         for c in state.clusters.values() {
@@ -80,7 +83,11 @@ impl AdminApp {
                     .set(healthy as i64);
             }
         }
-        METRICS.render()
+        if openmetrics {
+            METRICS.render_openmetrics()
+        } else {
+            METRICS.render()
+        }
     }
 }
 
@@ -123,7 +130,19 @@ impl ServeHttp for AdminApp {
                     format!("not ready: {why}\n").into_bytes(),
                 ),
             },
-            "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics()),
+            "/metrics" => {
+                let accept = session
+                    .req_header()
+                    .headers
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                if crate::exemplars::wants_openmetrics(accept) {
+                    let body = self.metrics(true);
+                    reply(200, crate::exemplars::OPENMETRICS_CONTENT_TYPE, body)
+                } else {
+                    reply(200, "text/plain; version=0.0.4", self.metrics(false))
+                }
+            }
             "/logging" => logging(session).await,
             "/config" => {
                 let body = serde_json::json!({

@@ -38,7 +38,7 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "stoa_request_duration_seconds",
         "Time from request headers to the end of the response, by listener and route",
         &["listener", "route"],
-        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        crate::exemplars::BUCKETS.to_vec(),
         registry
     )
     .expect("metric");
@@ -118,6 +118,12 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
 });
 
 impl Metrics {
+    /// The registries in the OpenMetrics text format, with the latency histogram's exemplars.
+    pub fn render_openmetrics(&self) -> Vec<u8> {
+        let text = String::from_utf8_lossy(&self.render()).into_owned();
+        crate::exemplars::openmetrics(&text).into_bytes()
+    }
+
     /// The registries in Prometheus text format, plus the suppressed-log-lines counter.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(8192);

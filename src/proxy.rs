@@ -494,10 +494,15 @@ impl ProxyHttp for Gateway {
             .requests
             .with_label_values(&[listener, route, status_label(status)])
             .inc();
+        let seconds = ctx.req.started.elapsed().as_secs_f64();
         METRICS
             .duration
             .with_label_values(&[listener, route])
-            .observe(ctx.req.started.elapsed().as_secs_f64());
+            .observe(seconds);
+        if let Some(trace) = ctx.req.trace.as_ref().filter(|t| t.recording()) {
+            let (trace_id, span_id) = trace.ids();
+            crate::exemplars::record(listener, route, seconds, trace_id, span_id);
+        }
         if let Some(r) = &ctx.req.rejection {
             METRICS
                 .rejections

@@ -451,7 +451,13 @@ chains:
     assert!(text.contains("hi"), "{text}");
     let http = span_of(&collector, CLIENT_TRACE, "SERVER", "url.path: Str(/mcp)").await;
     assert_eq!(field(&http, "Parent ID"), CLIENT_SPAN);
-    let mcp = span_of(&collector, CLIENT_TRACE, "SERVER", "gen_ai.tool.name: Str(a_echo)").await;
+    let mcp = span_of(
+        &collector,
+        CLIENT_TRACE,
+        "SERVER",
+        "gen_ai.tool.name: Str(a_echo)",
+    )
+    .await;
     assert_eq!(field(&mcp, "Name"), "tools/call a_echo", "{mcp}");
     assert_eq!(field(&mcp, "Parent ID"), field(&http, "ID"), "{mcp}");
     for needle in [
@@ -704,4 +710,113 @@ async fn the_log_level_changes_at_run_time_through_the_admin_api() {
         "only the change back to info is logged:\n{stderr}"
     );
     assert!(changes[0].contains(directive), "{stderr}");
+}
+
+/// The exemplars of an OpenMetrics exposition, as the official Python client's (strict)
+/// OpenMetrics parser reads them: `(sample name, le, exemplar trace_id)`. Panics when the
+/// parser refuses the exposition.
+fn exemplars_parsed(exposition: &str) -> Vec<(String, String, String)> {
+    use std::io::Write;
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        if s.exemplar:
+            out.append([s.name, s.labels.get("le", ""), s.exemplar.labels.get("trace_id", "")])
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (the test command installs prometheus-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused the exposition: {}\n{exposition}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_buckets_carry_the_trace_of_a_sampled_request_as_an_exemplar() {
+    let up = echo("a").await;
+    // no collector: export fails, which costs the requests (and the exemplars) nothing
+    let gw = Gateway::start(&config(
+        &up,
+        "  endpoint: http://127.0.0.1:9\n  timeout: 100ms",
+    ))
+    .await;
+    let unsampled = "11111111111111111111111111111111";
+    for (trace, flags) in [(CLIENT_TRACE, "01"), (unsampled, "00")] {
+        let r = client()
+            .get(gw.url("/x"))
+            .header("traceparent", format!("00-{trace}-{CLIENT_SPAN}-{flags}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = client()
+        .get(gw.admin_url("/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+        "{:?}",
+        r.headers()
+    );
+    let exposition = r.text().await.unwrap();
+    let exemplars = exemplars_parsed(&exposition);
+    let ours: Vec<_> = exemplars
+        .iter()
+        .filter(|(name, _, _)| name == "stoa_request_duration_seconds_bucket")
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "one sampled request, one exemplar: {exemplars:?}"
+    );
+    assert_eq!(ours[0].2, CLIENT_TRACE);
+    assert!(
+        !exposition.contains(unsampled),
+        "an unsampled request is no exemplar"
+    );
+    // counters are families without `_total` there, samples with it
+    assert!(
+        exposition.contains("# TYPE stoa_requests counter"),
+        "{exposition}"
+    );
+    assert!(exposition.contains("stoa_requests_total{"), "{exposition}");
+
+    // the Prometheus text format has no exemplars
+    let plain = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(plain.contains("stoa_request_duration_seconds_bucket{"));
+    assert!(!plain.contains("trace_id") && !plain.contains("# EOF"));
 }
