@@ -18,7 +18,7 @@ pub fn server_span(
     client_ip: Option<IpAddr>,
 ) -> RequestTrace {
     let req = session.req_header();
-    let trace = telemetry.start_request(&req.headers, req.method.as_str().to_string(), Vec::new());
+    let trace = telemetry.start_request(&req.headers, method_name(&req.method), Vec::new());
     if trace.recording() {
         let mut attrs = vec![
             KeyValue::new("http.request.method", req.method.as_str().to_string()),
@@ -55,6 +55,17 @@ pub fn server_span(
     trace
 }
 
+/// The method as a span name, without an allocation for the standard ones.
+fn method_name(m: &http::Method) -> std::borrow::Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().find(|s| **s == m.as_str()) {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(m.as_str().to_string()),
+    }
+}
+
 fn protocol_version(v: http::Version) -> &'static str {
     match v {
         http::Version::HTTP_09 => "0.9",
@@ -68,16 +79,14 @@ fn protocol_version(v: http::Version) -> &'static str {
 /// Open the client span of this upstream attempt (when its endpoint is chosen, so that the
 /// connection is part of it); `upstream_request_filter` sends its context upstream.
 pub fn upstream_span(trace: &mut RequestTrace, method: &str, addr: Option<SocketAddr>) {
-    let attrs = if trace.recording() {
-        let mut attrs = vec![KeyValue::new("http.request.method", method.to_string())];
-        if let Some(a) = addr {
-            attrs.push(KeyValue::new("server.address", a.ip().to_string()));
-            attrs.push(KeyValue::new("server.port", a.port() as i64));
-        }
-        attrs
-    } else {
-        Vec::new()
-    };
+    if !trace.recording() {
+        return; // no client span for an unsampled request (see `start_upstream`)
+    }
+    let mut attrs = vec![KeyValue::new("http.request.method", method.to_string())];
+    if let Some(a) = addr {
+        attrs.push(KeyValue::new("server.address", a.ip().to_string()));
+        attrs.push(KeyValue::new("server.port", a.port() as i64));
+    }
     trace.start_upstream(method.to_string(), attrs);
 }
 

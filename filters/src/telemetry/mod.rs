@@ -89,7 +89,7 @@ impl Telemetry {
     pub fn start_request(
         self: &Arc<Self>,
         headers: &http::HeaderMap,
-        name: String,
+        name: impl Into<std::borrow::Cow<'static, str>>,
         attributes: Vec<KeyValue>,
     ) -> RequestTrace {
         let parent = propagation::extract(&self.propagators, headers);
@@ -219,8 +219,13 @@ impl RequestTrace {
         SpanRef::new(self.telemetry.clone(), self.server.clone())
     }
 
-    /// Open the client span of an upstream attempt, ending the previous attempt's.
+    /// Open the client span of an upstream attempt, ending the previous attempt's. An
+    /// unsampled request gets none: nothing of it is recorded, and the upstream continues from
+    /// the server span's id, which saves a span per request when most are not sampled.
     pub fn start_upstream(&mut self, name: String, attributes: Vec<KeyValue>) {
+        if !self.recording() {
+            return;
+        }
         if let Some(previous) = self.upstream.take() {
             previous
                 .span()

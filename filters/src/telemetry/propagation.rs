@@ -10,7 +10,37 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use super::Propagator;
 
 /// Header names and values to add to an outgoing request.
-pub type HeaderPairs = Vec<(&'static str, String)>;
+pub type HeaderPairs = Vec<(http::HeaderName, String)>;
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
+const B3: http::HeaderName = http::HeaderName::from_static("b3");
+const X_B3_TRACEID: http::HeaderName = http::HeaderName::from_static("x-b3-traceid");
+const X_B3_SPANID: http::HeaderName = http::HeaderName::from_static("x-b3-spanid");
+const X_B3_SAMPLED: http::HeaderName = http::HeaderName::from_static("x-b3-sampled");
+
+/// `bytes` as lowercase hex, appended to `out`.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+}
+
+/// The W3C `traceparent` of a valid span context (version 00; only the sampled flag is
+/// propagated, as the SDK's propagator does), written without the formatting machinery: it is
+/// on every traced request's path.
+fn traceparent(sc: &SpanContext) -> String {
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    push_hex(&mut out, &sc.trace_id().to_bytes());
+    out.push('-');
+    push_hex(&mut out, &sc.span_id().to_bytes());
+    out.push_str(if sc.is_sampled() { "-01" } else { "-00" });
+    out
+}
 
 /// The longest header value looked at (a `tracestate` may carry 32 members; longer is not
 /// trace context).
@@ -61,9 +91,9 @@ struct Pairs(HeaderPairs);
 impl Injector for Pairs {
     fn set(&mut self, key: &str, value: String) {
         let key = match key {
-            "traceparent" => "traceparent",
-            "tracestate" => "tracestate",
-            "baggage" => "baggage",
+            "traceparent" => TRACEPARENT,
+            "tracestate" => TRACESTATE,
+            "baggage" => BAGGAGE,
             _ => return,
         };
         self.0.push((key, value));
@@ -77,12 +107,16 @@ pub fn inject(propagators: &[Propagator], cx: &Context) -> HeaderPairs {
     let sc = span.span_context();
     for p in propagators {
         match p {
-            Propagator::Tracecontext => {
-                TraceContextPropagator::new().inject_context(cx, &mut pairs)
+            Propagator::Tracecontext if sc.is_valid() => {
+                pairs.0.push((TRACEPARENT, traceparent(sc)));
+                let state = sc.trace_state().header();
+                if !state.is_empty() {
+                    pairs.0.push((TRACESTATE, state));
+                }
             }
             Propagator::Baggage => BaggagePropagator::new().inject_context(cx, &mut pairs),
             Propagator::B3 if sc.is_valid() => pairs.0.push((
-                "b3",
+                B3,
                 format!(
                     "{}-{}-{}",
                     sc.trace_id(),
@@ -91,10 +125,10 @@ pub fn inject(propagators: &[Propagator], cx: &Context) -> HeaderPairs {
                 ),
             )),
             Propagator::B3multi if sc.is_valid() => {
-                pairs.0.push(("x-b3-traceid", sc.trace_id().to_string()));
-                pairs.0.push(("x-b3-spanid", sc.span_id().to_string()));
+                pairs.0.push((X_B3_TRACEID, sc.trace_id().to_string()));
+                pairs.0.push((X_B3_SPANID, sc.span_id().to_string()));
                 let sampled = if sc.is_sampled() { "1" } else { "0" };
-                pairs.0.push(("x-b3-sampled", sampled.to_string()));
+                pairs.0.push((X_B3_SAMPLED, sampled.to_string()));
             }
             _ => {}
         }
@@ -198,7 +232,7 @@ pub fn inject_into_json_meta(message: &mut serde_json::Value, cx: &Context) {
     TraceContextPropagator::new().inject_context(cx, &mut pairs);
     meta.remove("tracestate");
     for (k, v) in pairs.0 {
-        meta.insert(k.to_string(), serde_json::Value::String(v));
+        meta.insert(k.as_str().to_string(), serde_json::Value::String(v));
     }
 }
 
@@ -215,6 +249,22 @@ mod tests {
     }
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn our_traceparent_is_the_sdks() {
+        for flags in ["00", "01"] {
+            let tp = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+            let cx = extract(
+                &[Propagator::Tracecontext],
+                &headers(&[("traceparent", &tp), ("tracestate", "a=1,b=2")]),
+            );
+            let mut sdk = Pairs(Vec::new());
+            TraceContextPropagator::new().inject_context(&cx, &mut sdk);
+            assert_eq!(inject(&[Propagator::Tracecontext], &cx), sdk.0);
+        }
+        // an invalid context writes nothing
+        assert!(inject(&[Propagator::Tracecontext], &Context::new()).is_empty());
+    }
 
     #[test]
     fn w3c_in_and_out() {
@@ -294,7 +344,7 @@ mod tests {
         assert_eq!(
             out,
             vec![(
-                "b3",
+                B3,
                 "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1".to_string()
             )]
         );
