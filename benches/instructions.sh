@@ -8,6 +8,8 @@
 #
 #   cargo build --release --bin stoa-gateway --example bare_pingora
 #   bash benches/instructions.sh
+#   STOA_EXTRA=$'telemetry:\n  endpoint: http://127.0.0.1:4318\n  sampler_arg: 0.01' \
+#     SKIP_BARE=1 bash benches/instructions.sh    # stoa with a section added (here: tracing)
 #
 # Needs valgrind, nginx, wrk, curl.
 set -u -o pipefail
@@ -49,7 +51,11 @@ measure() { # measure NAME PORT CMD... -> instructions per request
   echo $(( ir / reqs ))
 }
 BP="$(free_port)"
-BARE="$(measure bare "$BP" "$BARE_BIN" "127.0.0.1:$UP" "127.0.0.1:$BP")"
+if [ "${SKIP_BARE:-0}" = 1 ]; then
+  BARE=""
+else
+  BARE="$(measure bare "$BP" "$BARE_BIN" "127.0.0.1:$UP" "127.0.0.1:$BP")"
+fi
 SP="$(free_port)"; AP="$(free_port)"
 cat >"$OUT/stoa.yaml" <<YAML
 server: { threads: 1, pid_file: $OUT/stoa.pid, upgrade_sock: $OUT/stoa.sock, watch_config: false }
@@ -62,9 +68,14 @@ chains:
       routes: [{ name: all, match: { path_prefix: / }, cluster: upstream }]
 clusters:
   upstream: { endpoints: ["127.0.0.1:$UP"] }
+${STOA_EXTRA:-}
 YAML
 STOA="$(measure stoa "$SP" "$STOA_BIN" -c "$OUT/stoa.yaml")"
-echo "instructions per proxied request: bare Pingora $BARE, stoa (router only) $STOA, stoa/bare $(awk -v a="$STOA" -v b="$BARE" 'BEGIN {printf "%.2f", a / b}')"
+if [ -n "$BARE" ]; then
+  echo "instructions per proxied request: bare Pingora $BARE, stoa (router only${STOA_EXTRA:+, plus STOA_EXTRA}) $STOA, stoa/bare $(awk -v a="$STOA" -v b="$BARE" 'BEGIN {printf "%.2f", a / b}')"
+else
+  echo "instructions per proxied request: stoa (router only${STOA_EXTRA:+, plus STOA_EXTRA}) $STOA"
+fi
 echo "callgrind files: $OUT/bare.cg*, $OUT/stoa.cg* (callgrind_annotate --inclusive=yes FILE)"
 exit 0
 }
