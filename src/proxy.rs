@@ -392,6 +392,11 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut GatewayCtx,
     ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            if let Some(trace) = &ctx.req.trace {
+                crate::tracing_spans::upstream_body_ended(trace);
+            }
+        }
         if ctx.chain.response_body.is_empty() {
             return Ok(None);
         }
@@ -543,6 +548,7 @@ impl ProxyHttp for Gateway {
             chain.filters[i].on_logging(session, &ctx.req, status);
         }
         if let Some(mut trace) = ctx.req.trace.take() {
+            crate::tracing_spans::response_sent(&trace, session.body_bytes_sent());
             let method = session.req_header().method.as_str();
             trace.finish(
                 method,

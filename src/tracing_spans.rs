@@ -1,9 +1,10 @@
 //! The spans the gateway core opens for every traced request, with OpenTelemetry's HTTP
 //! semantic conventions: the server span (`http.request.method`, `url.path`, `server.address`,
 //! `client.address`, `network.protocol.version`, `user_agent.original`; `http.route` and
-//! `http.response.status_code` are added when the request ends) and one client span per
-//! upstream attempt (`server.address`, `server.port`, events when connected and at the first
-//! byte of the answer). Attributes are only built for sampled requests.
+//! `http.response.status_code` and `http.response.body.size` are added when the request ends)
+//! and one client span per upstream attempt (`server.address`, `server.port`, events when
+//! connected, at the first byte of the answer and at the end of its body, so the body's
+//! streaming time shows). Attributes are only built for sampled requests.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -104,5 +105,22 @@ pub fn upstream_answered(trace: &RequestTrace, status: u16) {
     if trace.recording() && trace.upstream.is_some() {
         trace.upstream_event("upstream.first_byte", Vec::new());
         trace.set_upstream_attribute(KeyValue::new("http.response.status_code", status as i64));
+    }
+}
+
+/// The upstream's answer has been streamed through to its end.
+pub fn upstream_body_ended(trace: &RequestTrace) {
+    if trace.recording() && trace.upstream.is_some() {
+        trace.upstream_event("upstream.body_end", Vec::new());
+    }
+}
+
+/// The response is complete: the body bytes sent to the client.
+pub fn response_sent(trace: &RequestTrace, body_bytes: usize) {
+    if trace.recording() {
+        trace.set_attribute(KeyValue::new(
+            "http.response.body.size",
+            i64::try_from(body_bytes).unwrap_or(i64::MAX),
+        ));
     }
 }

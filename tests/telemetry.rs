@@ -116,6 +116,11 @@ async fn a_client_trace_reaches_the_collector_the_upstream_and_the_access_log() 
         upstream_span.contains("upstream.first_byte"),
         "{upstream_span}"
     );
+    assert!(
+        upstream_span.contains("upstream.body_end"),
+        "{upstream_span}"
+    );
+    assert!(server.contains("http.response.body.size: Int("), "{server}");
     let out = collector.output();
     assert!(out.contains("service.name: Str(edge-test)"), "{out}");
     assert!(
