@@ -35,6 +35,9 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 impl AdminApp {
     /// Why the gateway is not ready, or `None` when it is.
     fn not_ready_reason(&self) -> Option<String> {
+        if crate::drain::draining() {
+            return Some("draining (shutting down)".into());
+        }
         let state = self.state.load();
         for l in &state.config.listeners {
             let Ok(mut addr) = l.value.address.parse::<SocketAddr>() else {

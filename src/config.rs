@@ -88,6 +88,11 @@ pub struct ServerSection {
     pub grace_period: HumanDuration,
     #[serde(default = "default_shutdown_timeout")]
     pub graceful_shutdown_timeout: HumanDuration,
+    /// On SIGTERM, how long `/ready` answers 503 while every listener keeps serving, before
+    /// the graceful shutdown begins (what a Kubernetes rollout needs to take the pod out of
+    /// its Service first). 0: shut down at once.
+    #[serde(default)]
+    pub drain_period: HumanDuration,
     /// Reload when the config file changes on disk.
     #[serde(default = "yes")]
     pub watch_config: bool,
@@ -126,6 +131,7 @@ impl Default for ServerSection {
             upgrade_sock: default_upgrade_sock(),
             grace_period: default_grace(),
             graceful_shutdown_timeout: default_shutdown_timeout(),
+            drain_period: HumanDuration::default(),
             watch_config: true,
             upstream_keepalive_pool_size: default_pool(),
         }

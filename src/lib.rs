@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod control;
+pub mod drain;
 pub mod exemplars;
 pub mod logging;
 pub mod metrics;

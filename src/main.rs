@@ -15,7 +15,7 @@ use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use tracing::{info, warn};
@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use stoa_gateway::config::{self, Mode};
 use stoa_gateway::overrides::Overrides;
 use stoa_gateway::runtime::{GatewayState, SharedState};
-use stoa_gateway::{admin, connection, control, logging, proxy};
+use stoa_gateway::{admin, connection, control, drain, logging, proxy};
 
 use crate::admin_client::{canary_command, uac_command};
 use crate::cli::{load_config, mirror_target, Cli, Command};
@@ -150,8 +150,44 @@ fn secs_ceil(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// Every address the gateway will listen on, bound once and released, so that one already in
+/// use fails the start at once with its address (Pingora would retry for half a minute and
+/// then panic). Skipped for a graceful upgrade, whose sockets come from the old process.
+fn check_addresses(cfg: &config::GatewayConfig) {
+    let mut addresses: Vec<(String, &str)> = cfg
+        .listeners
+        .iter()
+        .map(|l| {
+            (
+                format!("listener {}", l.value.name),
+                l.value.address.as_str(),
+            )
+        })
+        .collect();
+    if cfg.admin.enabled {
+        addresses.push(("the admin API".into(), cfg.admin.address.as_str()));
+    }
+    if let Some(probes) = &cfg.admin.probe_address {
+        addresses.push(("the probe listener".into(), probes.as_str()));
+    }
+    for (what, address) in addresses {
+        if let Err(e) = std::net::TcpListener::bind(address) {
+            let why = match e.kind() {
+                std::io::ErrorKind::AddrInUse => "address in use".to_string(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+                _ => e.to_string(),
+            };
+            eprintln!("stoa-gateway: cannot listen on {address} ({what}): {why}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
     let cfg = state.config.clone();
+    if !cli.upgrade {
+        check_addresses(&cfg);
+    }
     let mut conf = ServerConf {
         threads: cfg.server.threads,
         pid_file: cfg.server.pid_file.clone(),
@@ -254,6 +290,17 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
         .iter()
         .map(|l| format!("{}={}", l.value.name, l.value.address))
         .collect();
+    for l in &cfg.listeners {
+        let l = &l.value;
+        info!(
+            listener = %l.name,
+            address = %l.address,
+            chains = %l.chains.join(","),
+            tls = l.tls.is_some(),
+            http2 = l.http2_enabled(),
+            "listening"
+        );
+    }
     info!(
         listeners = %listening.join(" "),
         admin = %cfg.admin.address,
@@ -262,7 +309,12 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
         version = env!("CARGO_PKG_VERSION"),
         "stoa-gateway starting"
     );
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(drain::DrainingSignalWatch {
+            drain_period: cfg.server.drain_period.0,
+        }),
+    });
+    std::process::exit(0)
 }
 
 /// The admin API (or the probe listener) as a Pingora app, with the same header deadline as a

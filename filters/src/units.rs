@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// A duration written as `250ms`, `5s`, `1m`, `1h30m` (humantime syntax).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
