@@ -230,6 +230,11 @@ pub struct ListenerHttp {
     /// with TLS (one whole TLS record per read). At most 1 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_buffer: Option<stoa_filters::units::ByteSize>,
+    /// A path this listener answers itself, `200 ok` to GET and HEAD, before any filter: a
+    /// liveness probe on the traffic port (the presets set `/health`). None by default, since
+    /// the path may be the upstream API's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
 }
 
 fn default_header_read_timeout() -> HumanDuration {
@@ -267,6 +272,7 @@ impl Default for ListenerHttp {
             max_connections: default_max_connections(),
             body_idle_timeout: default_body_idle_timeout(),
             read_buffer: None,
+            health_path: None,
         }
     }
 }

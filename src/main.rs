@@ -150,6 +150,19 @@ fn secs_ceil(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// A URL for a log line: no user info, no query (either may carry a secret).
+fn without_credentials(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or("");
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
 /// Every address the gateway will listen on, bound once and released, so that one already in
 /// use fails the start at once with its address (Pingora would retry for half a minute and
 /// then panic). Skipped for a graceful upgrade, whose sockets come from the old process.
@@ -220,6 +233,7 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
             paths: l.http.path_options(),
             keepalive_secs: l.http.keepalive_timeout.0.as_secs().max(1),
             body_idle_timeout: l.http.body_idle_timeout.0,
+            health_path: l.http.health_path.clone(),
         };
         let mut http = pingora_proxy::http_proxy(&server.configuration, gateway);
         let mut opts = HttpServerOptions::default();
@@ -301,6 +315,19 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
             "listening"
         );
     }
+    // The migration runbook checks that mirroring is on with `grep "Shadow mode"`.
+    for (chain, filters) in &cfg.chains {
+        for f in filters {
+            if let stoa_filters::registry::FilterConfig::Mirror(m) = &f.value {
+                info!(
+                    chain = %chain,
+                    candidate = %without_credentials(&m.url),
+                    percent = m.percent,
+                    "Shadow mode: mirroring to the candidate (its answers are compared, never returned)"
+                );
+            }
+        }
+    }
     info!(
         listeners = %listening.join(" "),
         admin = %cfg.admin.address,
@@ -333,5 +360,21 @@ fn admin_service(
         max_connections: 1024,
         header_read_timeout: defaults.header_read_timeout.0,
         open: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_credentials;
+
+    #[test]
+    fn logged_urls_lose_their_credentials() {
+        assert_eq!(
+            without_credentials("http://user:pw@candidate:8080/base?token=x#f"),
+            "http://candidate:8080/base"
+        );
+        assert_eq!(without_credentials("http://c:1"), "http://c:1");
+        assert_eq!(without_credentials("http://a@b@c/x"), "http://c/x");
+        assert_eq!(without_credentials("not a url?q"), "not a url");
     }
 }

@@ -183,7 +183,7 @@ pub fn preset_yaml(a: &PresetArgs) -> Result<String, String> {
         _ => ("    - type: request_id\n", String::new()),
     };
     Ok(format!(
-        "# preset for --mode={mode}\ngateway:\n  mode: {mode}\nadmin:\n  address: \"{admin}\"\nlisteners:\n  - name: {mode}\n    address: \"0.0.0.0:{port}\"\n    chains: [{mode}]\nchains:\n  {mode}:\n{request_id}    - type: access_log\n{extra}{router}{security}{mcp}{clusters}{shadow}",
+        "# preset for --mode={mode}\ngateway:\n  mode: {mode}\nadmin:\n  address: \"{admin}\"\nlisteners:\n  - name: {mode}\n    address: \"0.0.0.0:{port}\"\n    chains: [{mode}]\n    http: {{ health_path: /health }}\nchains:\n  {mode}:\n{request_id}    - type: access_log\n{extra}{router}{security}{mcp}{clusters}{shadow}",
         mode = a.mode,
         admin = a.admin_address,
         port = a.port,

@@ -29,6 +29,8 @@ pub struct Gateway {
     pub keepalive_secs: u64,
     /// A request body idle this long ends the request.
     pub body_idle_timeout: std::time::Duration,
+    /// The path answered `200 ok` here, before any filter (`http.health_path`).
+    pub health_path: Option<String>,
 }
 
 /// Per-request context: the filters' `RequestCtx` plus the pinned config version.
@@ -232,6 +234,17 @@ impl ProxyHttp for Gateway {
             let local = LocalResponse::json_error(refusal.status, refusal.message);
             self.respond_local(session, ctx, local).await?;
             return Ok(true);
+        }
+        if let Some(health) = &self.health_path {
+            let req = session.req_header();
+            if req.uri.path() == health && matches!(req.method.as_str(), "GET" | "HEAD") {
+                let mut local = LocalResponse::new(200)
+                    .with_header("content-type", "text/plain")
+                    .with_header("cache-control", "no-store");
+                local.body = bytes::Bytes::from_static(b"ok\n");
+                self.respond_local(session, ctx, local).await?;
+                return Ok(true);
+            }
         }
         let chain = ctx.chain.clone();
         for &i in &chain.request {

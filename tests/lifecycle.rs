@@ -165,3 +165,61 @@ async fn sigterm_drains_then_shuts_down_without_failing_a_request() {
     assert!(stderr.contains("SIGTERM received: draining"), "{stderr}");
     assert!(stderr.contains("drain period over"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirroring_says_shadow_mode_at_start_without_credentials() {
+    let (up, candidate) = (echo("a").await, echo("b").await);
+    let yaml = config(&up, "").replace(
+        "          cluster: up\n",
+        &format!(
+            "          cluster: up\n    - type: mirror\n      url: \"http://user:secret-pw@{}\"\n",
+            candidate.address()
+        ),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let stderr = gw.wait_stderr("Shadow mode", Duration::from_secs(5)).await;
+    let line = stderr.lines().find(|l| l.contains("Shadow mode")).unwrap();
+    assert!(line.contains(&candidate.address()), "{line}");
+    assert!(!stderr.contains("secret-pw"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_can_answer_its_own_health_path() {
+    let up = echo("a").await;
+    let yaml = config(&up, "").replace(
+        "    chains: [main]\n",
+        "    chains: [main]\n    http: { health_path: /healthz }\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let r = client().get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok\n");
+    // only GET and HEAD, only that path: the rest is the upstream's
+    let posted = client().post(gw.url("/healthz")).send().await.unwrap();
+    let v: serde_json::Value = posted.json().await.unwrap();
+    assert_eq!(v["server_id"], "a");
+    let v: serde_json::Value = client()
+        .get(gw.url("/healthz/deep"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["server_id"], "a");
+
+    // the presets serve /health on the traffic port (the migration runbook curls it there)
+    let preset = Gateway::builder()
+        .arg("--mode=proxy")
+        .arg("--port=@PORT@")
+        .arg(format!("--upstream=http://{}", up.address()))
+        .arg("--admin-address")
+        .arg("127.0.0.1:@ADMIN@")
+        .start()
+        .await;
+    // the upstream's own /health now answers 500: a 200 here is the gateway's
+    up.set_healthy(false);
+    let r = client().get(preset.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok\n");
+}
