@@ -6,7 +6,7 @@
 # instrumentation on only during that run; prints instructions per request for each and their
 # ratio, and keeps the callgrind files (callgrind_annotate FILE) in OUT (default /tmp/stoa-cg).
 #
-#   cargo build --release --bin stoa-gateway --example bare_pingora
+#   cargo build --profile dist --bin stoa-gateway --example bare_pingora
 #   bash benches/instructions.sh
 #   STOA_EXTRA=$'telemetry:\n  endpoint: http://127.0.0.1:4318\n  sampler_arg: 0.01' \
 #     SKIP_BARE=1 bash benches/instructions.sh    # stoa with a section added (here: tracing)
@@ -15,8 +15,8 @@
 set -u -o pipefail
 {
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STOA_BIN="${STOA_BIN:-$ROOT/target/release/stoa-gateway}"
-BARE_BIN="${BARE_BIN:-$ROOT/target/release/examples/bare_pingora}"
+STOA_BIN="${STOA_BIN:-$ROOT/target/dist/stoa-gateway}"
+BARE_BIN="${BARE_BIN:-$ROOT/target/dist/examples/bare_pingora}"
 OUT="${OUT:-/tmp/stoa-cg}"
 CGDUR="${CGDUR:-15s}"
 for t in valgrind callgrind_control callgrind_annotate nginx wrk curl; do

@@ -10,8 +10,8 @@
 # core 1. Targets, in order:
 #   direct   wrk -> upstream                    (upper bound of the rig)
 #   nginx    wrk -> nginx (1 worker, keepalive upstream pool) -> upstream
-#   bare     wrk -> target/release/examples/bare_pingora -> upstream
-#   stoa     wrk -> target/release/stoa-gateway -c benches/stoa-bench.yaml -> upstream
+#   bare     wrk -> target/dist/examples/bare_pingora -> upstream
+#   stoa     wrk -> target/dist/stoa-gateway -c benches/stoa-bench.yaml -> upstream
 #            (threads: 1, one router route, nothing else: same work as bare)
 #   stoa-preset  wrk -> stoa-gateway --mode=proxy --port=P --upstream=URL
 #            --admin-address A (the shipped preset: request_id + access_log to
@@ -36,7 +36,7 @@
 # Printed as tables and written as markdown to RESULTS.
 #
 # Needs: nginx (/usr/sbin/nginx), wrk, curl, taskset. Binaries are built with
-#   cargo build --release --bin stoa-gateway --example bare_pingora
+#   cargo build --profile dist --bin stoa-gateway --example bare_pingora
 # (or BUILD=1 to have this script do it). A missing or non-working binary is
 # skipped with a message; the rest still runs.
 #
@@ -46,8 +46,8 @@
 #             highest req/s (other load on a shared machine only slows runs
 #             down), or PICK=median
 #   RSS_CONNECTIONS [1000]  RSS_REQUESTS [100000]  RSS_MAX_DURATION [120s]
-#   STOA_BIN [target/release/stoa-gateway]
-#   BARE_BIN [target/release/examples/bare_pingora]
+#   STOA_BIN [target/dist/stoa-gateway]
+#   BARE_BIN [target/dist/examples/bare_pingora]
 #   NGINX [/usr/sbin/nginx]  TARGETS ["direct nginx bare stoa stoa-preset stoa-secure
 #             stoa-traced-1 stoa-traced-100"]
 #   STARTUP_TIMEOUT [10] seconds   BUILD [0]   KEEP_TMP [0]
@@ -73,8 +73,8 @@ PICK="${PICK:-best}"
 RSS_CONNECTIONS="${RSS_CONNECTIONS:-1000}"
 RSS_REQUESTS="${RSS_REQUESTS:-100000}"
 RSS_MAX_DURATION="${RSS_MAX_DURATION:-120s}"
-STOA_BIN="${STOA_BIN:-$ROOT/target/release/stoa-gateway}"
-BARE_BIN="${BARE_BIN:-$ROOT/target/release/examples/bare_pingora}"
+STOA_BIN="${STOA_BIN:-$ROOT/target/dist/stoa-gateway}"
+BARE_BIN="${BARE_BIN:-$ROOT/target/dist/examples/bare_pingora}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 TARGETS="${TARGETS:-direct nginx bare stoa stoa-preset stoa-secure stoa-traced-1 stoa-traced-100}"
 ALL_TARGETS="direct nginx bare stoa stoa-preset stoa-secure stoa-traced-1 stoa-traced-100"
@@ -113,8 +113,8 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 if [ "$BUILD" = 1 ]; then
-  log "building (release, fat LTO: slow)"
-  cargo build --release --bin stoa-gateway --example bare_pingora || die "cargo build failed"
+  log "building (profile dist: fat LTO, slow)"
+  cargo build --profile dist --bin stoa-gateway --example bare_pingora || die "cargo build failed"
 fi
 
 TMP="$(mktemp -d /tmp/stoa-load.XXXXXX)"
@@ -481,7 +481,7 @@ target_pingora() { # target_pingora NAME PORT LOGFILE CMD...  (STDOUT=file: stdo
 
 target_bare() {
   if [ ! -x "$BARE_BIN" ]; then
-    log "bare: $BARE_BIN not found; build it with: cargo build --release --example bare_pingora. Skipping."
+    log "bare: $BARE_BIN not found; build it with: cargo build --profile dist --example bare_pingora. Skipping."
     NOTE[bare]="binary not built; skipped. "
     return
   fi
@@ -494,7 +494,7 @@ target_bare() {
 STOA_VERSION=""
 stoa_present() { # stoa_present NAME
   if [ ! -x "$STOA_BIN" ]; then
-    log "$1: $STOA_BIN not found; build it with: cargo build --release --bin stoa-gateway. Skipping."
+    log "$1: $STOA_BIN not found; build it with: cargo build --profile dist --bin stoa-gateway. Skipping."
     NOTE[$1]="binary not built; skipped. "
     return 1
   fi

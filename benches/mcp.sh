@@ -7,7 +7,7 @@
 # gateway's RSS after SESSIONS sessions were opened and left idle (sealed ids: no state kept),
 # and while SESSIONS sessions each hold their SSE stream open.
 #
-#   cargo build --release --bin stoa-gateway
+#   cargo build --profile dist --bin stoa-gateway
 #   cargo install --locked oha --root target/tools     # once
 #   bash benches/mcp.sh                                 # writes benches/results/mcp-latest.md
 #
@@ -23,7 +23,7 @@ cd "$ROOT"
 DURATION="${DURATION:-8s}"
 CLIENTS="${CLIENTS:-1 10 50}"
 SESSIONS="${SESSIONS:-10000}"
-STOA_BIN="${STOA_BIN:-$ROOT/target/release/stoa-gateway}"
+STOA_BIN="${STOA_BIN:-$ROOT/target/dist/stoa-gateway}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 OHA="${OHA:-$(command -v oha || echo "$ROOT/target/tools/bin/oha")}"
 RESULTS="${RESULTS:-$ROOT/benches/results/mcp-latest.md}"

@@ -12,7 +12,7 @@
 # (copies sent and matched, or samples queued; skipped or dropped ones are reported, since
 # they would make "on" look cheaper).
 #
-#   cargo build --release --bin stoa-gateway
+#   cargo build --profile dist --bin stoa-gateway
 #   cargo install --locked oha --root target/tools     # once
 #   bash benches/shadow.sh                              # writes benches/results/mirror-latest.md
 #   FEATURE=capture bash benches/shadow.sh              # writes benches/results/capture-latest.md
@@ -34,7 +34,7 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-8s}"
 CONNECTIONS="${CONNECTIONS:-50}"
 RATE="${RATE:-5000}"
-STOA_BIN="${STOA_BIN:-$ROOT/target/release/stoa-gateway}"
+STOA_BIN="${STOA_BIN:-$ROOT/target/dist/stoa-gateway}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 OHA="${OHA:-$(command -v oha || echo "$ROOT/target/tools/bin/oha")}"
 RESULTS="${RESULTS:-$ROOT/benches/results/$FEATURE-latest.md}"

@@ -50,16 +50,16 @@
 #
 # Exit status: 0 PASS, 2 FAIL, 1 the run could not be made (missing tool, gateway not starting).
 #
-# Needs: nginx, wrk, curl, taskset, python3. For the release binary's rates also uvloop
+# Needs: nginx, wrk, curl, taskset, python3. For the dist binary's rates also uvloop
 # (python3 -m pip install uvloop): the generator uses it when importable, and reaches 30k+
 # req/s on one core with it against 15-20k without. The binary:
-#   cargo build --release --bin stoa-gateway
+#   cargo build --profile dist --bin stoa-gateway
 #
 # Environment (defaults in brackets):
 #   DURATION [1h]         length of the soak (after the capacity run); 90s, 3m, 1h or seconds
 #   SAMPLE_EVERY [60s]    RSS / metrics / client-stats interval
 #   WARMUP [DURATION/12]  samples before this are not used for drift and slope (5 min of 1 h)
-#   STOA_BIN [target/release/stoa-gateway]   NGINX [/usr/sbin/nginx]
+#   STOA_BIN [target/dist/stoa-gateway]   NGINX [/usr/sbin/nginx]
 #   CAP_DURATION [10s]  CAP_CONNECTIONS [50]   the capacity run
 #   CAP_FRACTION [0.5]    share of the capacity offered during the soak
 #   RATE [CAP_FRACTION x capacity]  total req/s offered (set it to skip the capacity run)
@@ -95,7 +95,7 @@ secs() { # 90 | 90s | 3m | 1h | 1.5h -> whole seconds
 
 DURATION="${DURATION:-1h}"
 SAMPLE_EVERY="${SAMPLE_EVERY:-60s}"
-STOA_BIN="${STOA_BIN:-$ROOT/target/release/stoa-gateway}"
+STOA_BIN="${STOA_BIN:-$ROOT/target/dist/stoa-gateway}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 CAP_DURATION="${CAP_DURATION:-10s}"
 CAP_CONNECTIONS="${CAP_CONNECTIONS:-50}"
@@ -148,7 +148,7 @@ fi
 [ "$GEN" = python ] || [ -x "$OHA" ] || die "GEN=oha but no oha at $OHA (cargo install --locked oha --root target/tools)"
 # The binary may be replaced by a build while we start: wait a little for it.
 for ((i = 0; i < 30; i++)); do [ -x "$STOA_BIN" ] && break; sleep 1; done
-[ -x "$STOA_BIN" ] || die "no gateway binary at $STOA_BIN (cargo build --release --bin stoa-gateway)"
+[ -x "$STOA_BIN" ] || die "no gateway binary at $STOA_BIN (cargo build --profile dist --bin stoa-gateway)"
 
 # Client sockets: load + slow + idle, and the gateway's upstream side of each.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -7,9 +7,18 @@
 # for the OpenAPI documents shadow mode writes, the Python h2 package for the HTTP/2 attack
 # tests, rotel (an OpenTelemetry collector), the OpenTelemetry Python SDK and prometheus-client
 # (its OpenMetrics parser) for the tracing tests, the MCP integration tests drive the gateway with, and cargo-nextest when it is missing.
+#
+#   bash scripts/install-deps.sh             # everything (the test command)
+#   bash scripts/install-deps.sh --run-only  # only what building and running need (demo.sh)
 set -euo pipefail
 
-packages=(cmake pkg-config libssl-dev openssl curl nginx-light wrk redis-server prometheus valgrind)
+RUN_ONLY=0
+[[ "${1:-}" == "--run-only" ]] && RUN_ONLY=1
+if ((RUN_ONLY)); then
+  packages=(cmake pkg-config libssl-dev)
+else
+  packages=(cmake pkg-config libssl-dev openssl curl nginx-light wrk redis-server prometheus valgrind)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,6 +30,7 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+((RUN_ONLY)) && exit 0
 # The MCP tests' client: the official Python SDK, pinned.
 MCP_SDK_VERSION="2.3.0"
 if [[ "$(python3 -c 'import importlib.metadata as m; print(m.version("mcp"))' 2>/dev/null)" != "$MCP_SDK_VERSION" ]]; then
