@@ -516,8 +516,8 @@ impl fmt::Display for ConfigError {
         match (&self.file, self.line) {
             (Some(file), Some(line)) => write!(f, "{}:{line}: ", file.display())?,
             (Some(file), None) => write!(f, "{}: ", file.display())?,
-            (None, Some(line)) => write!(f, "line {line}: ")?,
-            (None, None) => {}
+            // no file: a preset the flags built, whose lines the user never saw
+            (None, _) => {}
         }
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;

@@ -111,7 +111,14 @@ fn main() {
             if e.file.is_none() {
                 e.file = cli.config.clone();
             }
-            fail(&e.to_string())
+            match &cli.config {
+                Some(_) => fail(&e.to_string()),
+                // a preset: no file the user wrote, so no line of it to cite
+                None => fail(&format!(
+                    "the {} preset (from the flags): {e}",
+                    preset_name(&cli)
+                )),
+            }
         }
     };
     if cli.check {
@@ -148,6 +155,16 @@ fn fail(msg: &str) -> ! {
 
 fn secs_ceil(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `--mode=X`, as the preset the flags built is named in errors.
+fn preset_name(cli: &Cli) -> String {
+    let mode = cli.mode.unwrap_or(if cli.mcp_upstream.is_empty() {
+        Mode::Proxy
+    } else {
+        Mode::EdgeMcp
+    });
+    format!("--mode={mode}")
 }
 
 /// A URL for a log line: no user info, no query (either may carry a secret).

@@ -55,29 +55,45 @@ fn upstream_endpoint(url: &str) -> Result<(String, bool), String> {
     if authority.is_empty() {
         return Err(format!("upstream `{url}` has no host"));
     }
-    let with_port = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_string()
-    } else {
-        format!("{authority}:{}", if tls { 443 } else { 80 })
+    // `host:port`, `[v6]:port`, or a host alone (`[v6]` included) that gets the scheme's port
+    let port = match authority.rsplit_once(':') {
+        Some((_, p)) if !authority.ends_with(']') => Some(p),
+        _ => None,
+    };
+    let with_port = match port {
+        Some(p) if p.parse::<u16>().is_ok_and(|p| p > 0) => authority.to_string(),
+        Some(p) => {
+            return Err(format!(
+                "upstream `{url}`: `{p}` is not a port (1 to 65535)"
+            ))
+        }
+        None => format!("{authority}:{}", if tls { 443 } else { 80 }),
     };
     Ok((with_port, tls))
 }
 
-/// The edge-mcp preset's `mcp` filter federating `--mcp-upstream`s.
-fn mcp_filter(upstreams: &[String]) -> String {
+/// The edge-mcp preset's `mcp` filter federating `--mcp-upstream`s (each an http(s) URL with
+/// a host, checked here so that the error names the flag).
+fn mcp_filter(upstreams: &[String]) -> Result<String, String> {
     let mut yaml = String::from("    - type: mcp\n      upstreams:\n");
     for (i, flag) in upstreams.iter().enumerate() {
         let u = stoa_filters::mcp::federation::UpstreamConfig::from_flag(flag, i);
+        let rest = u
+            .url
+            .strip_prefix("http://")
+            .or_else(|| u.url.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.split('/').next().unwrap_or("").is_empty()) {
+            return Err(format!(
+                "--mcp-upstream `{flag}`: not an http(s) URL with a host (`http://host:port/mcp`, or `NAME=URL`)"
+            ));
+        }
         yaml.push_str(&format!(
             "        - name: {}\n          url: {}\n",
             quoted(&u.name),
             quoted(&u.url)
         ));
     }
-    yaml
+    Ok(yaml)
 }
 
 pub fn preset_yaml(a: &PresetArgs) -> Result<String, String> {
@@ -158,7 +174,7 @@ pub fn preset_yaml(a: &PresetArgs) -> Result<String, String> {
         None => (String::new(), String::new()),
     };
     let mcp = if federates {
-        mcp_filter(a.mcp_upstreams)
+        mcp_filter(a.mcp_upstreams)?
     } else {
         String::new()
     };
@@ -198,6 +214,33 @@ pub fn preset(a: &PresetArgs) -> Result<GatewayConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_ports_are_checked() {
+        assert_eq!(
+            upstream_endpoint("http://a:8000/x"),
+            Ok(("a:8000".into(), false))
+        );
+        assert_eq!(upstream_endpoint("https://a"), Ok(("a:443".into(), true)));
+        assert_eq!(
+            upstream_endpoint("http://[::1]"),
+            Ok(("[::1]:80".into(), false))
+        );
+        assert_eq!(upstream_endpoint("[::1]:9"), Ok(("[::1]:9".into(), false)));
+        for bad in ["http://a:99999", "http://a:0", "http://a:", "http://a:x"] {
+            let e = upstream_endpoint(bad).unwrap_err();
+            assert!(e.contains("is not a port"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn mcp_upstream_flags_are_checked_naming_the_flag() {
+        assert!(mcp_filter(&["http://a:1/mcp".into(), "crm=https://crm/sse".into()]).is_ok());
+        for bad in ["notaurl", "crm=ftp://x", "http:///mcp"] {
+            let e = mcp_filter(&[bad.into()]).unwrap_err();
+            assert!(e.starts_with("--mcp-upstream"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn every_mode_builds() {

@@ -256,6 +256,33 @@ fn version_flag() {
     assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
 }
 
+/// A preset is built from flags: its errors name the flag or the preset, never a line of a
+/// file the user did not write.
+#[test]
+fn preset_errors_name_the_flag_not_a_line() {
+    for (args, says) in [
+        (
+            &["--mode=edge-mcp", "--mcp-upstream=notaurl"][..],
+            "--mcp-upstream `notaurl`: not an http(s) URL",
+        ),
+        (
+            &["--mode=proxy", "--upstream=http://a:99999"][..],
+            "upstream `http://a:99999`: `99999` is not a port",
+        ),
+        (
+            &["--mode=proxy", "--upstream=http://nosuchhost.invalid:1"][..],
+            "the --mode=proxy preset (from the flags): clusters.upstream",
+        ),
+    ] {
+        let mut args = args.to_vec();
+        args.push("--check");
+        let (status, out, err) = run_to_end(&args, CHECK_TIMEOUT);
+        assert_eq!(status.code(), Some(1), "{args:?}: {out}{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("line "), "{args:?} cites a line: {err}");
+    }
+}
+
 #[test]
 fn mode_without_upstream_is_an_error() {
     let (status, _, err) = run_to_end(
