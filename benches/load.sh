@@ -501,18 +501,25 @@ stoa_present() { # stoa_present NAME
   STOA_VERSION="$("$STOA_BIN" --version 2>/dev/null | head -1)"
 }
 
-target_stoa() {
-  stoa_present stoa || return 0
-  local port admin
+# run_stoa_config NAME [EXTRA_YAML]: measure stoa on benches/stoa-bench.yaml (fresh ports and
+# temp paths), with EXTRA_YAML (top-level sections) appended.
+run_stoa_config() {
+  local name="$1" extra="${2:-}" port admin
   port="$(free_port)"
   admin="$(free_port)"
   sed -e "s/127\.0\.0\.1:18080/127.0.0.1:$port/" \
       -e "s/127\.0\.0\.1:19901/127.0.0.1:$admin/" \
       -e "s/127\.0\.0\.1:19000/127.0.0.1:$UP_PORT/" \
-      -e "s#/tmp/stoa-bench.pid#$TMP/stoa.pid#" \
-      -e "s#/tmp/stoa-bench-upgrade.sock#$TMP/stoa-upgrade.sock#" \
-      "$ROOT/benches/stoa-bench.yaml" >"$TMP/stoa.yaml"
-  target_pingora stoa "$port" "$TMP/stoa.log" "$STOA_BIN" -c "$TMP/stoa.yaml"
+      -e "s#/tmp/stoa-bench.pid#$TMP/$name.pid#" \
+      -e "s#/tmp/stoa-bench-upgrade.sock#$TMP/$name-upgrade.sock#" \
+      "$ROOT/benches/stoa-bench.yaml" >"$TMP/$name.yaml"
+  [ -z "$extra" ] || printf '%s\n' "$extra" >>"$TMP/$name.yaml"
+  target_pingora "$name" "$port" "$TMP/$name.log" "$STOA_BIN" -c "$TMP/$name.yaml"
+}
+
+target_stoa() {
+  stoa_present stoa || return 0
+  run_stoa_config stoa
 }
 
 target_stoa_preset() {
@@ -580,18 +587,8 @@ target_stoa_traced() { # target_stoa_traced NAME RATIO
     NOTE[$1]="no collector (rotel) installed; skipped. "
     return 0
   fi
-  local port admin
-  port="$(free_port)"
-  admin="$(free_port)"
-  sed -e "s/127\.0\.0\.1:18080/127.0.0.1:$port/" \
-      -e "s/127\.0\.0\.1:19901/127.0.0.1:$admin/" \
-      -e "s/127\.0\.0\.1:19000/127.0.0.1:$UP_PORT/" \
-      -e "s#/tmp/stoa-bench.pid#$TMP/$1.pid#" \
-      -e "s#/tmp/stoa-bench-upgrade.sock#$TMP/$1-upgrade.sock#" \
-      "$ROOT/benches/stoa-bench.yaml" >"$TMP/$1.yaml"
-  printf 'telemetry:\n  endpoint: http://127.0.0.1:%s\n  sampler_arg: %s\n' \
-    "$COLLECTOR_PORT" "$2" >>"$TMP/$1.yaml"
-  SKIP_RSS=1 target_pingora "$1" "$port" "$TMP/$1.log" "$STOA_BIN" -c "$TMP/$1.yaml"
+  SKIP_RSS=1 run_stoa_config "$1" \
+    "$(printf 'telemetry:\n  endpoint: http://127.0.0.1:%s\n  sampler_arg: %s' "$COLLECTOR_PORT" "$2")"
 }
 
 for t in $TARGETS; do

@@ -43,38 +43,40 @@ type Store = HashMap<String, HashMap<String, Series>>;
 
 static STORE: Lazy<Mutex<Store>> = Lazy::new(Default::default);
 
-/// Record a sampled request's duration as its bucket's exemplar.
-pub fn record(listener: &str, route: &str, seconds: f64, trace_id: String, span_id: String) {
+/// Record a sampled request's duration as its bucket's exemplar; `ids` gives its trace and
+/// span id. Best effort on the request path: when another request holds the store, this one is
+/// not recorded (an exemplar is a sample, and the next request will do), so no request waits.
+pub fn record(listener: &str, route: &str, seconds: f64, ids: impl FnOnce() -> (String, String)) {
+    let Ok(mut store) = STORE.try_lock() else {
+        return;
+    };
     let bucket = BUCKETS
         .iter()
         .position(|b| seconds <= *b)
         .unwrap_or(BUCKETS.len());
+    if !store.get(listener).is_some_and(|r| r.contains_key(route)) {
+        if store.values().map(HashMap::len).sum::<usize>() >= MAX_SERIES {
+            return;
+        }
+        store
+            .entry(listener.to_string())
+            .or_default()
+            .insert(route.to_string(), Default::default());
+    }
+    let Some(series) = store.get_mut(listener).and_then(|r| r.get_mut(route)) else {
+        return;
+    };
+    let (trace_id, span_id) = ids();
     let at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default();
-    let exemplar = Exemplar {
+    series[bucket] = Some(Exemplar {
         trace_id,
         span_id,
         value: seconds,
         at,
-    };
-    let mut store = STORE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(series) = store.get_mut(listener).and_then(|r| r.get_mut(route)) {
-        series[bucket] = Some(exemplar);
-        return;
-    }
-    if store.values().map(HashMap::len).sum::<usize>() >= MAX_SERIES {
-        return;
-    }
-    let mut series: Series = Default::default();
-    series[bucket] = Some(exemplar);
-    store
-        .entry(listener.to_string())
-        .or_default()
-        .insert(route.to_string(), series);
+    });
 }
 
 /// The labels of a sample line (`name{k="v",...} value`), values unescaped; `None` when the
@@ -209,7 +211,7 @@ mod tests {
 
     #[test]
     fn counters_lose_total_in_their_family_name_and_buckets_get_exemplars() {
-        record("pub", "r\"1", 0.003, "a".repeat(32), "b".repeat(16));
+        record("pub", "r\"1", 0.003, || ("a".repeat(32), "b".repeat(16)));
         let text = "# HELP stoa_requests_total Requests\n# TYPE stoa_requests_total counter\nstoa_requests_total{route=\"x\"} 4\n\
             # HELP plain Plain counter\n# TYPE plain counter\nplain 2\n\
             # HELP stoa_request_duration_seconds Durations\n# TYPE stoa_request_duration_seconds histogram\n\

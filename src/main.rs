@@ -167,19 +167,6 @@ fn preset_name(cli: &Cli) -> String {
     format!("--mode={mode}")
 }
 
-/// A URL for a log line: no user info, no query (either may carry a secret).
-fn without_credentials(url: &str) -> String {
-    let url = url.split(['?', '#']).next().unwrap_or("");
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            format!("{scheme}://{host}{path}")
-        }
-        None => url.to_string(),
-    }
-}
-
 /// Every address the gateway will listen on, bound once and released, so that one already in
 /// use fails the start at once with its address (Pingora would retry for half a minute and
 /// then panic). Skipped for a graceful upgrade, whose sockets come from the old process.
@@ -338,7 +325,7 @@ fn run(state: GatewayState, cli: Cli, overrides: Overrides) -> ! {
             if let stoa_filters::registry::FilterConfig::Mirror(m) = &f.value {
                 info!(
                     chain = %chain,
-                    candidate = %without_credentials(&m.url),
+                    candidate = %stoa_filters::telemetry::outbound::url_without_credentials(&m.url),
                     percent = m.percent,
                     "Shadow mode: mirroring to the candidate (its answers are compared, never returned)"
                 );
@@ -377,21 +364,5 @@ fn admin_service(
         max_connections: 1024,
         header_read_timeout: defaults.header_read_timeout.0,
         open: Default::default(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::without_credentials;
-
-    #[test]
-    fn logged_urls_lose_their_credentials() {
-        assert_eq!(
-            without_credentials("http://user:pw@candidate:8080/base?token=x#f"),
-            "http://candidate:8080/base"
-        );
-        assert_eq!(without_credentials("http://c:1"), "http://c:1");
-        assert_eq!(without_credentials("http://a@b@c/x"), "http://c/x");
-        assert_eq!(without_credentials("not a url?q"), "not a url");
     }
 }

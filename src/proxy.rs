@@ -518,8 +518,7 @@ impl ProxyHttp for Gateway {
             .with_label_values(&[listener, route])
             .observe(seconds);
         if let Some(trace) = ctx.req.trace.as_ref().filter(|t| t.recording()) {
-            let (trace_id, span_id) = trace.ids();
-            crate::exemplars::record(listener, route, seconds, trace_id, span_id);
+            crate::exemplars::record(listener, route, seconds, || trace.ids());
         }
         if let Some(r) = &ctx.req.rejection {
             METRICS

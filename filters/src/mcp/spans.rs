@@ -47,23 +47,42 @@ fn hashed_session(session_id: &str) -> String {
         .collect()
 }
 
-fn attributes(caller: &Caller, method: &str, params: &Value, id: Option<&Value>) -> Vec<KeyValue> {
+/// What a span records of its session: the protocol version and the hashed session id (none
+/// for the stateless revision).
+struct SessionAttrs {
+    version: String,
+    session: Option<String>,
+}
+
+impl SessionAttrs {
+    fn of(caller: &Caller) -> Self {
+        SessionAttrs {
+            version: caller.version.clone(),
+            session: (!caller.session_id.is_empty() && !caller.stateless)
+                .then(|| hashed_session(&caller.session_id)),
+        }
+    }
+}
+
+fn attributes(
+    session: &SessionAttrs,
+    method: &str,
+    params: &Value,
+    id: Option<&Value>,
+) -> Vec<KeyValue> {
     let mut attrs = vec![
         KeyValue::new(
             "mcp.method.name",
             method.chars().take(128).collect::<String>(),
         ),
-        KeyValue::new("mcp.protocol.version", caller.version.clone()),
+        KeyValue::new("mcp.protocol.version", session.version.clone()),
         KeyValue::new("network.transport", "tcp"),
     ];
     if let Some(id) = id {
         attrs.push(KeyValue::new("jsonrpc.request.id", id_text(id)));
     }
-    if !caller.session_id.is_empty() && !caller.stateless {
-        attrs.push(KeyValue::new(
-            "mcp.session.id",
-            hashed_session(&caller.session_id),
-        ));
+    if let Some(s) = &session.session {
+        attrs.push(KeyValue::new("mcp.session.id", s.clone()));
     }
     let text = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_string);
     match method {
@@ -100,7 +119,7 @@ pub(super) fn request_span(
     let sent = extract_from_json_meta(Some(params));
     Some(
         http.child_of(&sent, name(method, params), SpanKind::Server, || {
-            attributes(caller, method, params, Some(id))
+            attributes(&SessionAttrs::of(caller), method, params, Some(id))
         }),
     )
 }
@@ -116,7 +135,7 @@ pub(super) fn relay_span(
     let method = message.get("method").and_then(Value::as_str).unwrap_or("");
     let params = message.get("params").unwrap_or(&Value::Null);
     let span = parent.child(name(method, params), SpanKind::Client, || {
-        let mut attrs = attributes(caller, method, params, message.get("id"));
+        let mut attrs = attributes(&SessionAttrs::of(caller), method, params, message.get("id"));
         attrs.push(KeyValue::new("server.address", upstream.to_string()));
         attrs
     });
@@ -152,25 +171,14 @@ pub(super) fn record_answer(span: &SpanRef, answer: &Value) {
 /// client then receives in `_meta`.
 pub(super) fn traced_sink(sink: MessageSink, relay: &SpanRef, caller: &Caller) -> MessageSink {
     let relay = relay.clone();
-    let version = caller.version.clone();
-    let session = (!caller.stateless).then(|| hashed_session(&caller.session_id));
+    let session = SessionAttrs::of(caller);
     std::sync::Arc::new(move |mut message: Value| {
         let method = message.get("method").and_then(Value::as_str);
         if let (Some(method), Some(id)) = (method, message.get("id")) {
-            let sent = extract_from_json_meta(message.get("params"));
-            let span = relay.child_of(&sent, method.to_string(), SpanKind::Client, || {
-                let mut attrs = vec![
-                    KeyValue::new(
-                        "mcp.method.name",
-                        method.chars().take(128).collect::<String>(),
-                    ),
-                    KeyValue::new("jsonrpc.request.id", id_text(id)),
-                    KeyValue::new("mcp.protocol.version", version.clone()),
-                ];
-                if let Some(s) = &session {
-                    attrs.push(KeyValue::new("mcp.session.id", s.clone()));
-                }
-                attrs
+            let params = message.get("params").unwrap_or(&Value::Null);
+            let sent = extract_from_json_meta(Some(params));
+            let span = relay.child_of(&sent, name(method, params), SpanKind::Client, || {
+                attributes(&session, method, params, Some(id))
             });
             span.inject_into_meta(&mut message);
         }

@@ -1,8 +1,9 @@
 //! HTTP calls the gateway makes itself on behalf of a request (tool backends, external OPA,
 //! JWKS and OIDC discovery, mirror copies): each gets a client span, child of the request's
 //! span, with the HTTP client semantic conventions (`http.request.method`, `server.address`,
-//! `server.port`, `url.full` without its query, `http.response.status_code`), and carries that
-//! span's context in its headers. Without a parent span the call is sent as it is.
+//! `server.port`, `url.full` without user info or query, `http.response.status_code`), and
+//! carries that span's context in its headers. Without a parent span the call is sent as it is.
+//! `url_without_credentials` is the one form in which a URL is recorded, here and in logs.
 
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
@@ -28,13 +29,11 @@ pub async fn send(
             KeyValue::new("http.request.method", method.clone()),
             KeyValue::new("stoa.call", purpose),
         ];
+        attrs.push(KeyValue::new(
+            "url.full",
+            url_without_credentials(url.as_str()),
+        ));
         if let Some(host) = url.host_str() {
-            // no user info and no query: either may carry a secret
-            let full = match url.port() {
-                Some(port) => format!("{}://{host}:{port}{}", url.scheme(), url.path()),
-                None => format!("{}://{host}{}", url.scheme(), url.path()),
-            };
-            attrs.push(KeyValue::new("url.full", full));
             attrs.push(KeyValue::new("server.address", host.to_string()));
         }
         if let Some(port) = url.port_or_known_default() {
@@ -71,4 +70,34 @@ pub async fn send(
         }
     }
     result
+}
+
+/// A URL as it may be recorded (span attributes, log lines): no user info, no query, no
+/// fragment, since any of them may carry a secret.
+pub fn url_without_credentials(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or("");
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_without_credentials;
+
+    #[test]
+    fn recorded_urls_lose_their_credentials() {
+        assert_eq!(
+            url_without_credentials("http://user:pw@candidate:8080/base?token=x#f"),
+            "http://candidate:8080/base"
+        );
+        assert_eq!(url_without_credentials("http://c:1"), "http://c:1");
+        assert_eq!(url_without_credentials("http://a@b@c/x"), "http://c/x");
+        assert_eq!(url_without_credentials("not a url?q"), "not a url");
+    }
 }
